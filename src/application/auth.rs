@@ -1,0 +1,203 @@
+//! Registration and login: bcrypt outside every lock, through a gate that bounds
+//! how many hashes run at once so a login flood cannot starve signaling.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use sha2::{Digest, Sha256};
+
+use super::error::AppError;
+use super::ports::{StoreError, UserRecord, UserStore};
+use crate::domain::{validate_secret, validate_username};
+
+/// bcrypt reads at most 72 bytes of input and ignores the rest.
+const BCRYPT_INPUT_MAX: usize = 72;
+
+/// bcrypt at a fixed cost, at most `limit` hashes at a time.
+pub struct PasswordHasher {
+    cost: u32,
+    limit: usize,
+    running: Mutex<usize>,
+    freed: Condvar,
+    /// A real hash of nothing anyone knows, verified against when a username is
+    /// unknown, so that answer takes as long as a wrong password.
+    decoy: String,
+}
+
+impl PasswordHasher {
+    /// # Errors
+    /// If bcrypt refuses the cost (outside 4..=31).
+    pub fn new(cost: u32, limit: usize) -> Result<PasswordHasher, bcrypt::BcryptError> {
+        let decoy = bcrypt::hash(b"switchboard decoy secret", cost)?;
+        Ok(PasswordHasher {
+            cost,
+            limit: limit.max(1),
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            decoy,
+        })
+    }
+
+    /// Hashes a client secret for storage.
+    ///
+    /// # Errors
+    /// If bcrypt fails (it does not for valid costs).
+    pub fn hash(&self, secret: &str) -> Result<String, AppError> {
+        self.gated(|| bcrypt::hash(bcrypt_input(secret), self.cost))
+            .map_err(|e| AppError::Internal(format!("password hashing failed: {e}")))
+    }
+
+    /// Checks a secret against a stored hash; `None` checks against the decoy and
+    /// fails, in the same time.
+    pub fn verify(&self, secret: &str, stored: Option<&str>) -> bool {
+        let hash = stored.unwrap_or(&self.decoy);
+        let matches = self.gated(|| bcrypt::verify(bcrypt_input(secret), hash));
+        match matches {
+            Ok(ok) => ok && stored.is_some(),
+            Err(err) => {
+                warn!("stored password hash is unusable: {err}");
+                false
+            }
+        }
+    }
+
+    fn gated<T>(&self, work: impl FnOnce() -> T) -> T {
+        let queued = Instant::now();
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            while *running >= self.limit {
+                running = self.freed.wait(running).unwrap_or_else(PoisonError::into_inner);
+            }
+            *running += 1;
+        }
+        debug!("password hash waited {:?} for a slot", queued.elapsed());
+        // Released by a guard so a panic inside bcrypt cannot leak the slot.
+        struct Slot<'a>(&'a PasswordHasher);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                let mut running = self.0.running.lock().unwrap_or_else(PoisonError::into_inner);
+                *running -= 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _slot = Slot(self);
+        work()
+    }
+}
+
+/// What bcrypt is given: the secret itself, or, when it is longer than bcrypt
+/// reads, its SHA-256 in hex, so that no part of a long secret is ignored.
+fn bcrypt_input(secret: &str) -> Cow<'_, [u8]> {
+    if secret.len() <= BCRYPT_INPUT_MAX {
+        Cow::Borrowed(secret.as_bytes())
+    } else {
+        let digest = Sha256::digest(secret.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Cow::Owned(hex.into_bytes())
+    }
+}
+
+/// The REGISTER and LOGIN use cases.
+pub struct Authenticator {
+    users: Arc<dyn UserStore>,
+    hasher: PasswordHasher,
+}
+
+impl Authenticator {
+    pub fn new(users: Arc<dyn UserStore>, hasher: PasswordHasher) -> Authenticator {
+        Authenticator { users, hasher }
+    }
+
+    /// Creates an account; returns once it is on disk.
+    ///
+    /// # Errors
+    /// 400 for a bad name or secret, 409 if the name is taken, 500 if storage failed.
+    pub fn register(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
+        validate_username(username).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        validate_secret(secret).map_err(AppError::BadRequest)?;
+        // Checked first so a taken name costs no hash; create() checks again.
+        if self.users.find_by_name(username).is_some() {
+            return Err(AppError::Conflict("username is taken".into()));
+        }
+        let hash = self.hasher.hash(secret)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.users.create(username, &hash, now).map_err(|err| match err {
+            StoreError::Conflict => AppError::Conflict("username is taken".into()),
+            StoreError::Io(err) => {
+                warn!("registration not stored username={username}: {err}");
+                AppError::Internal(format!("could not store the account: {err}"))
+            }
+        })
+    }
+
+    /// Checks credentials. Unknown users and wrong secrets fail alike, in the same time.
+    ///
+    /// # Errors
+    /// 401 for bad credentials, 400 for a malformed secret.
+    pub fn verify(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
+        validate_secret(secret).map_err(AppError::BadRequest)?;
+        let user = self.users.find_by_name(username);
+        if self.hasher.verify(secret, user.as_ref().map(|u| u.password_hash.as_str())) {
+            user.ok_or(AppError::InvalidCredentials)
+        } else {
+            Err(AppError::InvalidCredentials)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored hash verifies only its own secret, and the decoy never verifies.
+    #[test]
+    fn hashes_verify_only_their_secret() {
+        let hasher = PasswordHasher::new(4, 2).unwrap();
+        let hash = hasher.hash("s3cret").unwrap();
+        assert!(hasher.verify("s3cret", Some(&hash)));
+        assert!(!hasher.verify("S3cret", Some(&hash)));
+        assert!(!hasher.verify("switchboard decoy secret", None));
+    }
+
+    /// Two long secrets sharing their first 72 bytes are different passwords.
+    #[test]
+    fn long_secrets_are_not_truncated() {
+        let hasher = PasswordHasher::new(4, 1).unwrap();
+        let a = format!("{}a", "x".repeat(100));
+        let b = format!("{}b", "x".repeat(100));
+        let hash = hasher.hash(&a).unwrap();
+        assert!(hasher.verify(&a, Some(&hash)));
+        assert!(!hasher.verify(&b, Some(&hash)));
+    }
+
+    /// The gate never lets more than `limit` hashes run at once.
+    #[test]
+    fn the_gate_bounds_concurrent_hashes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hasher = Arc::new(PasswordHasher::new(4, 2).unwrap());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (hasher, inside, peak) = (hasher.clone(), inside.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    hasher.gated(|| {
+                        let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 2);
+    }
+}

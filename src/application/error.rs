@@ -1,0 +1,77 @@
+//! Typed failures of the use cases, and the one place that maps them to wire codes.
+
+use std::fmt;
+
+use crate::domain::CallError;
+
+/// Why a request failed. Each variant has exactly one wire code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppError {
+    /// 400: the request is malformed or breaks a rule.
+    BadRequest(String),
+    /// 401: the request needs a logged-in session.
+    LoginRequired,
+    /// 401: wrong username or password (never says which).
+    InvalidCredentials,
+    /// 403: the requester may not do this.
+    Forbidden(String),
+    /// 404: the named user or call does not exist.
+    NotFound(String),
+    /// 409: the request conflicts with current state (name taken, user busy, ...).
+    Conflict(String),
+    /// 413: a frame or message is too large.
+    TooLarge(String),
+    /// 500: the server failed (storage); nothing was half-done.
+    Internal(String),
+    /// 503: the server cannot take this now (full, shutting down).
+    Unavailable(String),
+}
+
+impl AppError {
+    /// The wire code of this error (PROTOCOL.md, Error codes).
+    pub fn code(&self) -> u16 {
+        match self {
+            AppError::BadRequest(_) => 400,
+            AppError::LoginRequired | AppError::InvalidCredentials => 401,
+            AppError::Forbidden(_) => 403,
+            AppError::NotFound(_) => 404,
+            AppError::Conflict(_) => 409,
+            AppError::TooLarge(_) => 413,
+            AppError::Internal(_) => 500,
+            AppError::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppError::LoginRequired => f.write_str("login required"),
+            AppError::InvalidCredentials => f.write_str("invalid username or password"),
+            AppError::BadRequest(m)
+            | AppError::Forbidden(m)
+            | AppError::NotFound(m)
+            | AppError::Conflict(m)
+            | AppError::TooLarge(m)
+            | AppError::Internal(m)
+            | AppError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<CallError> for AppError {
+    fn from(err: CallError) -> AppError {
+        let message = err.to_string();
+        match err {
+            CallError::SelfCall => AppError::BadRequest(message),
+            CallError::NoSuchCall | CallError::NoCurrentCall => AppError::NotFound(message),
+            CallError::NotAParty | CallError::NotCallee => AppError::Forbidden(message),
+            CallError::CallerBusy
+            | CallError::CalleeBusy
+            | CallError::AlreadyAnswered
+            | CallError::NotActive => AppError::Conflict(message),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Configuration: server_config.json, then command-line flags, then environment.
+//!
+//! Every key is optional with a documented default (CONFIG.md). Validation runs
+//! before anything binds, and every error names the key it is about.
+
+use std::fmt;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tcp::TlsIdentity;
+
+/// The environment variable that supplies the PKCS#12 password, so it need not
+/// sit in a file or on a command line.
+pub const PKCS12_PASSWORD_ENV: &str = "SWITCHBOARD_PKCS12_PASSWORD";
+
+/// A configuration problem. The daemon prints it and exits with code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: Some(key.into()), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub max_connections: usize,
+    pub tls: Option<TlsIdentity>,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub outbound_queue_bytes: usize,
+    pub data_dir: PathBuf,
+    pub users_file: PathBuf,
+    pub bcrypt_cost: u32,
+    /// 0 in the file means "one per CPU core"; resolved here.
+    pub max_concurrent_hashes: usize,
+    pub ringing_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            max_connections: 4096,
+            tls: None,
+            max_frame_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            data_dir: PathBuf::from("data"),
+            users_file: PathBuf::from("data/users.txt"),
+            bcrypt_cost: 10,
+            max_concurrent_hashes: cores(),
+            ringing_timeout: Duration::from_secs(30),
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Values given on the command line; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bind_address: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub enable_tls: Option<bool>,
+    pub pkcs12_path: Option<PathBuf>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct File {
+    server: ServerSection,
+    storage: StorageSection,
+    auth: AuthSection,
+    calls: CallsSection,
+    logging: LoggingSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ServerSection {
+    bind_address: Option<String>,
+    port: Option<u16>,
+    max_connections: Option<usize>,
+    enable_tls: Option<bool>,
+    pkcs12_path: Option<PathBuf>,
+    pkcs12_password: Option<String>,
+    cert_path: Option<PathBuf>,
+    key_path: Option<PathBuf>,
+    max_frame_bytes: Option<usize>,
+    idle_timeout_secs: Option<f64>,
+    tls_handshake_timeout_secs: Option<f64>,
+    outbound_queue_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StorageSection {
+    data_dir: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuthSection {
+    bcrypt_cost: Option<u32>,
+    max_concurrent_hashes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CallsSection {
+    ringing_timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LoggingSection {
+    log_level: Option<String>,
+}
+
+/// A loaded configuration and the warnings to log once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Unknown keys, ignored (a reference config may carry keys Switchboard does not use).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `overrides` and `env`, and validates.
+    ///
+    /// # Errors
+    /// The first invalid value, naming its key; or an unreadable or non-JSON file.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut warnings = Vec::new();
+        let parsed = match file {
+            None => File::default(),
+            Some(path) => {
+                let text = fs::read_to_string(path).map_err(|e| ConfigError {
+                    key: None,
+                    message: format!("cannot read configuration file {}: {e}", path.display()),
+                })?;
+                parse_file(&text, &mut warnings).map_err(|mut e| {
+                    e.message = format!("{} (in {})", e.message, path.display());
+                    e
+                })?
+            }
+        };
+        let config = resolve(parsed, overrides, env)?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// The configuration as JSON with secrets masked, for logs and `check-config`.
+    pub fn describe(&self) -> String {
+        let tls = match &self.tls {
+            None => "off".to_string(),
+            Some(TlsIdentity::Pkcs12 { path, .. }) => format!("pkcs12 {} (password ***)", path.display()),
+            Some(TlsIdentity::Pem { cert, key }) => format!("pem {} + {}", cert.display(), key.display()),
+        };
+        format!(
+            "bind={}:{} tls={} max_connections={} max_frame_bytes={} idle_timeout={:?} ringing_timeout={:?} users_file={} bcrypt_cost={} max_concurrent_hashes={}",
+            self.bind_address,
+            self.port,
+            tls,
+            self.max_connections,
+            self.max_frame_bytes,
+            self.idle_timeout,
+            self.ringing_timeout,
+            self.users_file.display(),
+            self.bcrypt_cost,
+            self.max_concurrent_hashes
+        )
+    }
+}
+
+fn parse_file(text: &str, warnings: &mut Vec<String>) -> Result<File, ConfigError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let ignoring = serde_ignored::Deserializer::new(&mut de, &mut note_unknown);
+    let parsed: File = serde_path_to_error::deserialize(ignoring).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        if matches!(key.as_str(), "" | "." | "?") {
+            ConfigError { key: None, message: format!("invalid configuration: {inner}") }
+        } else {
+            ConfigError::at(&key, inner.to_string())
+        }
+    })?;
+    de.end().map_err(|e| ConfigError { key: None, message: format!("invalid configuration: {e}") })?;
+    warnings.extend(unknown.into_iter().map(|key| format!("unknown configuration key {key} ignored")));
+    Ok(parsed)
+}
+
+fn seconds(key: &str, value: Option<f64>, default: Duration, max: f64) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) if s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(ConfigError::at(key, format!("must be more than 0 and at most {max} seconds (got {s})"))),
+    }
+}
+
+fn resolve(
+    file: File,
+    cli: &Overrides,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let d = Config::default();
+    let server = file.server;
+
+    let bind_text = cli.bind_address.clone().or(server.bind_address);
+    let bind_address = match bind_text {
+        None => d.bind_address,
+        Some(text) => IpAddr::from_str(text.trim()).map_err(|_| {
+            ConfigError::at("server.bind_address", format!("{text:?} is not an IP address (such as 127.0.0.1 or 0.0.0.0)"))
+        })?,
+    };
+    let port = cli.port.or(server.port).unwrap_or(d.port);
+
+    let max_connections = server.max_connections.unwrap_or(d.max_connections);
+    if max_connections == 0 {
+        return Err(ConfigError::at("server.max_connections", "must be at least 1"));
+    }
+    let max_frame_bytes = server.max_frame_bytes.unwrap_or(d.max_frame_bytes);
+    if !(1024..=64 * 1024 * 1024).contains(&max_frame_bytes) {
+        return Err(ConfigError::at("server.max_frame_bytes", format!("must be between 1024 and 67108864 (got {max_frame_bytes})")));
+    }
+    let outbound_queue_bytes = server.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes.max(4 * max_frame_bytes));
+    if outbound_queue_bytes < max_frame_bytes + 4 {
+        return Err(ConfigError::at(
+            "server.outbound_queue_bytes",
+            format!("must hold at least one frame of server.max_frame_bytes ({} bytes)", max_frame_bytes + 4),
+        ));
+    }
+    let idle_timeout = seconds("server.idle_timeout_secs", server.idle_timeout_secs, d.idle_timeout, 86400.0)?;
+    let tls_handshake_timeout = seconds(
+        "server.tls_handshake_timeout_secs",
+        server.tls_handshake_timeout_secs,
+        d.tls_handshake_timeout,
+        300.0,
+    )?;
+
+    let pkcs12_path = cli.pkcs12_path.clone().or(server.pkcs12_path);
+    let cert_path = cli.cert_path.clone().or(server.cert_path);
+    let key_path = cli.key_path.clone().or(server.key_path);
+    let enable_tls = cli.enable_tls.or(server.enable_tls).unwrap_or(false) || cli_gave_identity(cli);
+    let tls = if enable_tls {
+        Some(match (pkcs12_path, cert_path, key_path) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(ConfigError::at(
+                    "server.pkcs12_path",
+                    "both a PKCS#12 identity and server.cert_path/server.key_path are set; choose one",
+                ));
+            }
+            (Some(path), None, None) => TlsIdentity::Pkcs12 {
+                path,
+                password: env(PKCS12_PASSWORD_ENV).or(server.pkcs12_password).unwrap_or_default(),
+            },
+            (None, Some(cert), Some(key)) => TlsIdentity::Pem { cert, key },
+            (None, Some(_), None) => return Err(ConfigError::at("server.key_path", "server.cert_path is set but the key is missing")),
+            (None, None, Some(_)) => return Err(ConfigError::at("server.cert_path", "server.key_path is set but the certificate is missing")),
+            (None, None, None) => {
+                return Err(ConfigError::at(
+                    "server.enable_tls",
+                    "TLS is enabled but no identity is configured: set server.pkcs12_path, or server.cert_path and server.key_path",
+                ));
+            }
+        })
+    } else {
+        None
+    };
+
+    let data_dir = cli.data_dir.clone().or(file.storage.data_dir).unwrap_or(d.data_dir);
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::at("storage.data_dir", "must not be empty"));
+    }
+    let users_file = data_dir.join(file.storage.users_file.unwrap_or_else(|| PathBuf::from("users.txt")));
+
+    let bcrypt_cost = file.auth.bcrypt_cost.unwrap_or(d.bcrypt_cost);
+    if !(4..=31).contains(&bcrypt_cost) {
+        return Err(ConfigError::at("auth.bcrypt_cost", format!("must be between 4 and 31 (got {bcrypt_cost})")));
+    }
+    let max_concurrent_hashes = match file.auth.max_concurrent_hashes {
+        None | Some(0) => cores(),
+        Some(n) => n,
+    };
+    let ringing_timeout = seconds("calls.ringing_timeout_secs", file.calls.ringing_timeout_secs, d.ringing_timeout, 3600.0)?;
+
+    let level_text = cli.log_level.clone().or(file.logging.log_level);
+    let log_level = match level_text {
+        None => d.log_level,
+        Some(text) => log::LevelFilter::from_str(text.trim()).map_err(|_| {
+            ConfigError::at("logging.log_level", format!("{text:?} is not one of off, error, warn, info, debug, trace"))
+        })?,
+    };
+
+    Ok(Config {
+        bind_address,
+        port,
+        max_connections,
+        tls,
+        max_frame_bytes,
+        idle_timeout,
+        tls_handshake_timeout,
+        outbound_queue_bytes,
+        data_dir,
+        users_file,
+        bcrypt_cost,
+        max_concurrent_hashes,
+        ringing_timeout,
+        log_level,
+    })
+}
+
+/// `--pkcs12` or `--cert` on the command line means "serve TLS".
+fn cli_gave_identity(cli: &Overrides) -> bool {
+    cli.pkcs12_path.is_some() || cli.cert_path.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str, cli: Overrides) -> Result<Loaded, ConfigError> {
+        let mut warnings = Vec::new();
+        let file = parse_file(json, &mut warnings)?;
+        resolve(file, &cli, |_| None).map(|config| Loaded { config, warnings })
+    }
+
+    /// No file and no flags give the documented defaults.
+    #[test]
+    fn nothing_given_means_the_documented_defaults() {
+        let c = load("{}", Overrides::default()).unwrap().config;
+        assert_eq!(c, Config::default());
+        assert_eq!(c.users_file, PathBuf::from("data/users.txt"));
+    }
+
+    /// The reference's keys are read, flags win over the file, and unknown keys only warn.
+    #[test]
+    fn reference_keys_are_read_and_flags_win() {
+        let json = r#"{"server":{"bind_address":"0.0.0.0","port":9443,"max_connections":50,"enable_tls":true,
+            "pkcs12_path":"certs/server.p12","pkcs12_password":"pw"},"logging":{"log_level":"debug"},
+            "webrtc":{"stun_servers":["stun:x"]}}"#;
+        let cli = Overrides { port: Some(0), data_dir: Some("/tmp/d".into()), ..Overrides::default() };
+        let loaded = load(json, cli).unwrap();
+        let c = loaded.config;
+        assert_eq!((c.bind_address.to_string(), c.port, c.max_connections), ("0.0.0.0".into(), 0, 50));
+        assert_eq!(c.tls, Some(TlsIdentity::Pkcs12 { path: "certs/server.p12".into(), password: "pw".into() }));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.users_file, PathBuf::from("/tmp/d/users.txt"));
+        assert_eq!(loaded.warnings, vec!["unknown configuration key webrtc ignored"]);
+    }
+
+    /// Each invalid value is refused with its key named.
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            (r#"{"server":{"port":"80"}}"#, "server.port"),
+            (r#"{"server":{"port":70000}}"#, "server.port"),
+            (r#"{"server":{"bind_address":"localhost:1"}}"#, "server.bind_address"),
+            (r#"{"server":{"max_connections":0}}"#, "server.max_connections"),
+            (r#"{"server":{"enable_tls":true}}"#, "server.enable_tls"),
+            (r#"{"server":{"enable_tls":true,"cert_path":"c.pem"}}"#, "server.key_path"),
+            (r#"{"server":{"max_frame_bytes":10}}"#, "server.max_frame_bytes"),
+            (r#"{"server":{"outbound_queue_bytes":100}}"#, "server.outbound_queue_bytes"),
+            (r#"{"server":{"idle_timeout_secs":-1}}"#, "server.idle_timeout_secs"),
+            (r#"{"auth":{"bcrypt_cost":3}}"#, "auth.bcrypt_cost"),
+            (r#"{"calls":{"ringing_timeout_secs":0}}"#, "calls.ringing_timeout_secs"),
+            (r#"{"logging":{"log_level":"loud"}}"#, "logging.log_level"),
+        ];
+        for (json, key) in cases {
+            let err = load(json, Overrides::default()).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}: {err}");
+        }
+        let err = load("{", Overrides::default()).unwrap_err();
+        assert!(err.message.contains("invalid configuration"), "{err}");
+    }
+
+    /// The PKCS#12 password can come from the environment, and describe() masks it.
+    #[test]
+    fn the_pkcs12_password_comes_from_the_environment_and_is_masked() {
+        let file = parse_file(r#"{"server":{"enable_tls":true,"pkcs12_path":"s.p12","pkcs12_password":"file"}}"#, &mut Vec::new()).unwrap();
+        let c = resolve(file, &Overrides::default(), |k| (k == PKCS12_PASSWORD_ENV).then(|| "env-secret".into())).unwrap();
+        assert_eq!(c.tls, Some(TlsIdentity::Pkcs12 { path: "s.p12".into(), password: "env-secret".into() }));
+        assert!(!c.describe().contains("env-secret"));
+    }
+}

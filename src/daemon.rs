@@ -1,0 +1,94 @@
+//! The composition root: configuration in, a running server out.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use log::{info, warn};
+
+use crate::application::UserStore;
+use crate::config::Config;
+use crate::infrastructure::{LoadError, UsersFile};
+use crate::tcp::{Limits, Server, ServerHandle, Settings, TlsError, build_acceptor};
+
+/// Why the daemon did not start. [`StartError::exit_code`] maps it to the
+/// documented exit codes.
+#[derive(Debug)]
+pub enum StartError {
+    /// The TLS identity could not be loaded (a configuration problem).
+    Tls(TlsError),
+    /// users.txt is unreadable or malformed.
+    Data(LoadError),
+    /// The address could not be bound.
+    Bind { addr: SocketAddr, err: std::io::Error },
+    /// Anything else the operating system refused (threads, settings).
+    Io(std::io::Error),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Tls(_) => 2,
+            StartError::Data(_) | StartError::Bind { .. } | StartError::Io(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Data(e) => write!(f, "cannot load users: {e}"),
+            StartError::Bind { addr, err } => write!(f, "cannot listen on {addr}: {err}"),
+            StartError::Io(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Loads the TLS identity and users.txt, binds, and starts serving.
+///
+/// # Errors
+/// See [`StartError`]; nothing is bound unless everything before it succeeded.
+pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+    let tls = match &config.tls {
+        Some(identity) => Some(build_acceptor(identity).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let users: Arc<dyn UserStore> = Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
+    warn_if_descriptors_short(config.max_connections);
+    let addr = SocketAddr::new(config.bind_address, config.port);
+    let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
+    let settings = Settings {
+        limits: Limits {
+            max_connections: config.max_connections,
+            max_frame: config.max_frame_bytes,
+            idle_timeout: config.idle_timeout,
+            handshake_timeout: config.tls_handshake_timeout,
+            outbound_queue_bytes: config.outbound_queue_bytes,
+        },
+        ringing_timeout: config.ringing_timeout,
+        bcrypt_cost: config.bcrypt_cost,
+        hash_concurrency: config.max_concurrent_hashes,
+        tls,
+    };
+    let server = Server::new(listener, settings, users).map_err(StartError::Io)?;
+    let handle = server.start().map_err(StartError::Io)?;
+    info!("serving {}", config.describe());
+    Ok(handle)
+}
+
+/// Each connection holds two descriptors (socket and eventfd).
+fn warn_if_descriptors_short(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile).current;
+    let needed = 2 * max_connections as u64 + 64;
+    if let Some(limit) = limit
+        && limit < needed
+    {
+        warn!(
+            "open-files limit {limit} is below the {needed} descriptors that server.max_connections={max_connections} needs (2 per connection); raise LimitNOFILE or lower max_connections"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Plain types and rules: users, presence states and the call state machine.
+//!
+//! Nothing here touches a socket, a clock, a lock or a log: time arrives as an
+//! argument, so every rule is unit-tested without sleeping.
+
+pub mod call;
+pub mod user;
+
+pub use call::{Call, CallBook, CallError, CallId, CallPhase, Ended, EndReason};
+pub use user::{UserId, UserState, UsernameError, validate_secret, validate_username};

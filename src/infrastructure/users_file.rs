@@ -1,0 +1,319 @@
+//! users.txt: one line per user, `id|username|bcrypt_hash|created_at`, `#` comments.
+//!
+//! The whole file is loaded into memory at start. A registration appends one
+//! line with a single write, fsyncs it, and only then is the user visible and
+//! the client answered. A crash mid-append leaves a last line without its
+//! newline; that line was never acknowledged, so the next start drops it (with
+//! a warning) and rewrites the file atomically without it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use log::{info, warn};
+
+use super::fsutil::{replace_atomically, sync_dir};
+use crate::application::{StoreError, UserRecord, UserStore};
+use crate::domain::UserId;
+use crate::domain::user::username_key;
+
+const HEADER: &str = "# Switchboard users: id|username|bcrypt_hash|created_at (unix seconds)\n";
+
+/// Why users.txt could not be loaded. The daemon refuses to start on any of these.
+#[derive(Debug)]
+pub enum LoadError {
+    Io { path: PathBuf, err: io::Error },
+    Malformed { path: PathBuf, line: usize, reason: String },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            LoadError::Malformed { path, line, reason } => {
+                write!(f, "{}:{line}: {reason}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+#[derive(Default)]
+struct Index {
+    by_id: BTreeMap<UserId, UserRecord>,
+    by_name: HashMap<String, UserId>,
+    /// Names whose registration is being written; taken to everyone else.
+    reserved: HashSet<String>,
+    next_id: u64,
+}
+
+/// The flat-file [`UserStore`].
+pub struct UsersFile {
+    path: PathBuf,
+    index: Mutex<Index>,
+    /// The append handle; its lock orders appends (and only file I/O happens under it).
+    writer: Mutex<File>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl UsersFile {
+    /// Loads `path`, creating it (and its directory) if missing.
+    ///
+    /// # Errors
+    /// I/O failures, and any malformed line other than a torn last one, with its number.
+    pub fn open(path: &Path) -> Result<UsersFile, LoadError> {
+        let io_err = |err| LoadError::Io { path: path.to_path_buf(), err };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !dir.as_os_str().is_empty() {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let content = match fs::read(path) {
+            Ok(content) => content,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                replace_atomically(path, HEADER.as_bytes()).map_err(io_err)?;
+                info!("created users file path={}", path.display());
+                HEADER.as_bytes().to_vec()
+            }
+            Err(err) => return Err(io_err(err)),
+        };
+        let (index, keep) = parse(path, &content)?;
+        if keep < content.len() {
+            let torn_line = content[..keep].iter().filter(|b| **b == b'\n').count() + 1;
+            warn!(
+                "dropping torn last line {} of {} (a registration interrupted before it was acknowledged)",
+                torn_line,
+                path.display()
+            );
+            replace_atomically(path, &content[..keep]).map_err(io_err)?;
+        }
+        let writer = OpenOptions::new().append(true).open(path).map_err(io_err)?;
+        sync_dir(dir).map_err(io_err)?;
+        info!("loaded {} users from {}", index.by_id.len(), path.display());
+        Ok(UsersFile {
+            path: path.to_path_buf(),
+            index: Mutex::new(index),
+            writer: Mutex::new(writer),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.index).by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends one line and makes it durable. On failure the file is cut back to
+    /// where it was, so no half line stays behind.
+    fn append(&self, line: &str) -> io::Result<()> {
+        let mut file = lock(&self.writer);
+        let before = file.metadata()?.len();
+        let result = file.write_all(line.as_bytes()).and_then(|()| file.sync_data());
+        if result.is_err() {
+            let _ = file.set_len(before).and_then(|()| file.sync_data());
+        }
+        result
+    }
+}
+
+/// Parses the whole file. Returns the index and how many bytes to keep: all of
+/// them, or all but a torn (newline-less) last line.
+fn parse(path: &Path, content: &[u8]) -> Result<(Index, usize), LoadError> {
+    let mut index = Index { next_id: 1, ..Index::default() };
+    let keep = match content.last() {
+        None | Some(b'\n') => content.len(),
+        Some(_) => content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1),
+    };
+    for (n, raw) in content[..keep].split(|b| *b == b'\n').enumerate() {
+        let line_no = n + 1;
+        let bad = |reason: String| LoadError::Malformed {
+            path: path.to_path_buf(),
+            line: line_no,
+            reason,
+        };
+        let line = std::str::from_utf8(raw).map_err(|_| bad("not valid UTF-8".into()))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let record = parse_line(line).map_err(bad)?;
+        let key = username_key(&record.username);
+        if index.by_id.contains_key(&record.id) {
+            return Err(bad(format!("duplicate user id {}", record.id)));
+        }
+        if index.by_name.contains_key(&key) {
+            return Err(bad(format!("duplicate username {:?}", record.username)));
+        }
+        index.next_id = index.next_id.max(record.id.0 + 1);
+        index.by_name.insert(key, record.id);
+        index.by_id.insert(record.id, record);
+    }
+    Ok((index, keep))
+}
+
+fn parse_line(line: &str) -> Result<UserRecord, String> {
+    let fields: Vec<&str> = line.split('|').collect();
+    let [id, username, hash, created_at] = fields[..] else {
+        return Err(format!(
+            "expected 4 fields id|username|bcrypt_hash|created_at, found {}",
+            fields.len()
+        ));
+    };
+    let id = UserId::parse(id).ok_or_else(|| format!("user id {id:?} is not a number"))?;
+    if username.is_empty() || username.chars().any(char::is_control) {
+        return Err(format!("username {username:?} is empty or has control characters"));
+    }
+    if !(hash.len() == 60 && hash.starts_with("$2")) {
+        return Err("password hash is not a bcrypt hash".into());
+    }
+    let created_at = created_at
+        .parse()
+        .map_err(|_| format!("created_at {created_at:?} is not a number of seconds"))?;
+    Ok(UserRecord {
+        id,
+        username: username.to_string(),
+        password_hash: hash.to_string(),
+        created_at,
+    })
+}
+
+impl UserStore for UsersFile {
+    fn find_by_name(&self, username: &str) -> Option<UserRecord> {
+        let index = lock(&self.index);
+        let id = index.by_name.get(&username_key(username))?;
+        index.by_id.get(id).cloned()
+    }
+
+    fn find_by_id(&self, id: UserId) -> Option<UserRecord> {
+        lock(&self.index).by_id.get(&id).cloned()
+    }
+
+    fn list(&self) -> Vec<(UserId, String)> {
+        lock(&self.index)
+            .by_id
+            .values()
+            .map(|u| (u.id, u.username.clone()))
+            .collect()
+    }
+
+    fn create(
+        &self,
+        username: &str,
+        password_hash: &str,
+        created_at: u64,
+    ) -> Result<UserRecord, StoreError> {
+        let key = username_key(username);
+        let id = {
+            let mut index = lock(&self.index);
+            if index.by_name.contains_key(&key) || !index.reserved.insert(key.clone()) {
+                return Err(StoreError::Conflict);
+            }
+            let id = UserId(index.next_id);
+            index.next_id += 1;
+            id
+        };
+        let record = UserRecord {
+            id,
+            username: username.to_string(),
+            password_hash: password_hash.to_string(),
+            created_at,
+        };
+        let line = format!("{}|{}|{}|{}\n", id, username, password_hash, created_at);
+        let written = self.append(&line);
+        let mut index = lock(&self.index);
+        index.reserved.remove(&key);
+        match written {
+            Ok(()) => {
+                index.by_name.insert(key, id);
+                index.by_id.insert(id, record.clone());
+                Ok(record)
+            }
+            Err(err) => Err(StoreError::Io(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$2b$04$abcdefghijklmnopqrstuu5Y1GA3GY8mDrU2ia/Cn9yrPF2kqEvXu";
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    /// A created user survives a reload with all its fields, and names stay unique without case.
+    #[test]
+    fn created_users_survive_a_reload() {
+        let dir = dir();
+        let path = dir.path().join("users.txt");
+        let store = UsersFile::open(&path).unwrap();
+        let alice = store.create("Alice", HASH, 1700000000).unwrap();
+        assert!(matches!(store.create("alice", HASH, 1), Err(StoreError::Conflict)));
+        let again = UsersFile::open(&path).unwrap();
+        assert_eq!(again.find_by_name("ALICE"), Some(alice.clone()));
+        assert_eq!(again.find_by_id(alice.id), Some(alice));
+        assert_eq!(again.create("bob", HASH, 1).unwrap().id, UserId(2));
+    }
+
+    /// A last line without its newline is dropped and the file rewritten without it.
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = dir();
+        let path = dir.path().join("users.txt");
+        fs::write(&path, format!("# c\n1|alice|{HASH}|5\n2|bob|$2b$04$abc")).unwrap();
+        let store = UsersFile::open(&path).unwrap();
+        assert_eq!(store.list(), vec![(UserId(1), "alice".to_string())]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("# c\n1|alice|{HASH}|5\n"));
+        store.create("bob", HASH, 6).unwrap();
+        assert_eq!(UsersFile::open(&path).unwrap().len(), 2);
+    }
+
+    /// Any other malformed line refuses the load and names its line.
+    #[test]
+    fn malformed_lines_are_reported_with_their_number() {
+        let cases = [
+            (format!("1|alice|{HASH}|5\n\n2|bob|{HASH}\n"), 3, "expected 4 fields"),
+            (format!("x|alice|{HASH}|5\n"), 1, "not a number"),
+            (format!("1|alice|{HASH}|5\n1|bob|{HASH}|5\n"), 2, "duplicate user id"),
+            (format!("1|alice|{HASH}|5\n2|ALICE|{HASH}|5\n"), 2, "duplicate username"),
+            ("1|alice|plainhash|5\n".to_string(), 1, "not a bcrypt hash"),
+            (format!("1|alice|{HASH}|yesterday\n"), 1, "created_at"),
+        ];
+        for (content, line, reason) in cases {
+            let dir = dir();
+            let path = dir.path().join("users.txt");
+            fs::write(&path, &content).unwrap();
+            match UsersFile::open(&path) {
+                Err(LoadError::Malformed { line: l, reason: r, .. }) => {
+                    assert_eq!(l, line, "{content}");
+                    assert!(r.contains(reason), "{r}");
+                }
+                other => panic!("{content}: expected malformed, got {:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    /// A missing file is created (with its directory) holding only the header comment.
+    #[test]
+    fn a_missing_file_is_created() {
+        let dir = dir();
+        let path = dir.path().join("nested/users.txt");
+        let store = UsersFile::open(&path).unwrap();
+        assert!(store.is_empty());
+        assert_eq!(fs::read_to_string(&path).unwrap(), HEADER);
+    }
+}

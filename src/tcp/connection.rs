@@ -1,0 +1,314 @@
+//! One client connection, run on its own thread, which alone reads and writes its socket.
+//!
+//! The thread blocks in poll(2) on two descriptors: the socket and the outbox's
+//! eventfd. Requests are answered into the connection's own write buffer;
+//! everything else arrives through the outbox. Buffers stay small: while more
+//! than [`HIGH_WATER`] bytes wait to be written the thread stops reading, so a
+//! client that sends without reading is slowed by TCP, not buffered for.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, trace};
+use rustix::event::{PollFd, PollFlags};
+
+use super::frame::{self, Decoded};
+use super::message::{Request, ServerMessage};
+use super::outbox::{CloseReason, Outbox};
+use super::poll::poll_until;
+use super::server::Shared;
+use super::transport::Transport;
+use crate::application::{AppError, ConnId};
+use crate::domain::UserId;
+
+/// Stop reading and processing input while this much output is unsent.
+pub const HIGH_WATER: usize = 64 * 1024;
+/// Bytes read per read(2) call (on the stack: idle connections hold no buffer).
+const READ_CHUNK: usize = 16 * 1024;
+/// At most this much is read before frames are processed again.
+const READ_ROUND: usize = 256 * 1024;
+/// How long a closing connection may take to write its last frames.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// Buffers larger than this are released once empty.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    Anonymous,
+    Authenticated { user: UserId, username: String },
+}
+
+struct Closing {
+    reason: String,
+    deadline: Instant,
+}
+
+pub struct Connection {
+    pub(super) id: ConnId,
+    peer: SocketAddr,
+    opened: Instant,
+    /// Why the connection ended; `None` while running (or if a handler panicked).
+    end_reason: Option<String>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) session: Session,
+    transport: Transport,
+    outbox: Arc<Outbox>,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    /// Frames remain in the outbox beyond what was taken into `outbuf`.
+    queue_pending: bool,
+    last_frame: Instant,
+    closing: Option<Closing>,
+}
+
+impl Connection {
+    pub fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        opened: Instant,
+        shared: Arc<Shared>,
+        transport: Transport,
+        outbox: Arc<Outbox>,
+    ) -> Connection {
+        Connection {
+            id,
+            peer,
+            opened,
+            end_reason: None,
+            shared,
+            session: Session::Anonymous,
+            transport,
+            outbox,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            out_pos: 0,
+            queue_pending: false,
+            last_frame: Instant::now(),
+            closing: None,
+        }
+    }
+
+    pub fn user(&self) -> Option<UserId> {
+        match self.session {
+            Session::Authenticated { user, .. } => Some(user),
+            Session::Anonymous => None,
+        }
+    }
+
+    /// Serves the connection until it ends.
+    pub fn run(&mut self) {
+        let reason = self.serve().unwrap_or_else(|err| format!("i/o error: {err}"));
+        self.transport.close();
+        self.end_reason = Some(reason);
+    }
+
+    fn unsent(&self) -> usize {
+        self.outbuf.len() - self.out_pos
+    }
+
+    fn serve(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(reason) = self.pump_out()? {
+                return Ok(reason);
+            }
+            if let Some(closing) = &self.closing {
+                if self.unsent() == 0 && !self.queue_pending {
+                    return Ok(closing.reason.clone());
+                }
+                if Instant::now() >= closing.deadline {
+                    return Ok(format!("{} (unsent output dropped)", closing.reason));
+                }
+            } else {
+                self.process_input();
+                if self.closing.is_some() {
+                    continue;
+                }
+                if self.unsent() < HIGH_WATER && self.transport.has_buffered_input() {
+                    if let Some(reason) = self.read_input()? {
+                        return Ok(reason);
+                    }
+                    continue;
+                }
+            }
+
+            let reading = self.closing.is_none() && self.unsent() < HIGH_WATER;
+            let mut events = PollFlags::empty();
+            if reading {
+                events |= PollFlags::IN;
+            }
+            if self.unsent() > 0 {
+                events |= PollFlags::OUT;
+            }
+            let idle_deadline = self.last_frame + self.shared.limits.idle_timeout;
+            let deadline = match &self.closing {
+                Some(closing) => closing.deadline,
+                None => idle_deadline,
+            };
+            let (sock_ready, woken) = {
+                let mut fds = [
+                    PollFd::new(&self.transport, events),
+                    PollFd::from_borrowed_fd(self.outbox.wake_fd(), PollFlags::IN),
+                ];
+                poll_until(&mut fds, Some(deadline))?;
+                (fds[0].revents(), !fds[1].revents().is_empty())
+            };
+            if woken {
+                self.outbox.clear_wake();
+                self.queue_pending = true;
+            }
+            let hung_up = sock_ready.intersects(PollFlags::HUP | PollFlags::ERR);
+            if reading && (sock_ready.contains(PollFlags::IN) || hung_up) {
+                if let Some(reason) = self.read_input()? {
+                    return Ok(reason);
+                }
+            } else if hung_up && !sock_ready.contains(PollFlags::OUT) {
+                return Ok("connection lost".into());
+            }
+            if self.closing.is_none() && Instant::now() >= idle_deadline {
+                return Ok("idle timeout".into());
+            }
+        }
+    }
+
+    /// Moves queued frames into the write buffer and writes what the socket takes.
+    /// Returns a reason when the connection must end now.
+    fn pump_out(&mut self) -> io::Result<Option<String>> {
+        if self.queue_pending && self.unsent() < HIGH_WATER {
+            if self.out_pos == self.outbuf.len() {
+                self.outbuf.clear();
+                self.out_pos = 0;
+            }
+            let drained = self.outbox.take_into(&mut self.outbuf, HIGH_WATER);
+            self.queue_pending = drained.more;
+            if drained.slow {
+                return Ok(Some(CloseReason::SlowConsumer.as_str().into()));
+            }
+            if let Some(reason) = drained.close {
+                self.start_closing(reason.as_str());
+            }
+        }
+        while self.unsent() > 0 {
+            match self.transport.write(&self.outbuf[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Ok(Some(format!("write failed: {err}"))),
+            }
+        }
+        if self.unsent() == 0 {
+            self.out_pos = 0;
+            self.outbuf.clear();
+            if self.outbuf.capacity() > KEEP_CAPACITY {
+                self.outbuf = Vec::new();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads what is available (up to a round's worth). Returns a reason on EOF.
+    fn read_input(&mut self) -> io::Result<Option<String>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut total = 0;
+        while total < READ_ROUND {
+            match self.transport.read(&mut chunk) {
+                Ok(0) => return Ok(Some("peer closed".into())),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    total += n;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Ok(Some(format!("read failed: {err}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Handles every complete frame in the input buffer, unless output backs up.
+    fn process_input(&mut self) {
+        let input = std::mem::take(&mut self.inbuf);
+        let max = self.shared.limits.max_frame;
+        let mut pos = 0;
+        while self.closing.is_none() && self.unsent() < HIGH_WATER {
+            match frame::decode(&input[pos..], max) {
+                Ok(None) => break,
+                Ok(Some((decoded, used))) => {
+                    pos += used;
+                    self.last_frame = Instant::now();
+                    match decoded {
+                        Decoded::Empty => self.reply_error(
+                            AppError::BadRequest("empty frame: length 0 leaves no room for the type byte".into()),
+                            None,
+                        ),
+                        Decoded::Frame { kind, payload } => self.handle_frame(kind, payload),
+                    }
+                }
+                Err(too_large) => {
+                    self.reply_error(AppError::TooLarge(too_large.to_string()), None);
+                    self.start_closing("frame too large");
+                    pos = input.len();
+                }
+            }
+        }
+        self.inbuf = input;
+        self.inbuf.drain(..pos);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
+            self.inbuf = Vec::new();
+        }
+    }
+
+    fn handle_frame(&mut self, kind: u8, payload: &[u8]) {
+        trace!("conn={} recv type=0x{:02X} bytes={}", self.id, kind, payload.len());
+        match Request::decode(kind, payload) {
+            Ok(request) => self.dispatch(request, payload.len()),
+            Err(err) => self.reply_error(AppError::BadRequest(err.message), err.req_id),
+        }
+    }
+
+    /// Queues a message on this connection's own write buffer.
+    pub(super) fn reply(&mut self, message: &ServerMessage) {
+        if self.out_pos == self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+        }
+        self.outbuf.extend_from_slice(&message.to_frame());
+    }
+
+    pub(super) fn reply_error(&mut self, err: AppError, req_id: Option<super::message::ReqId>) {
+        debug!("conn={} error code={} message={}", self.id, err.code(), err);
+        self.reply(&ServerMessage::error(err.code(), err.to_string(), req_id));
+    }
+
+    pub(super) fn start_closing(&mut self, reason: &str) {
+        if self.closing.is_none() {
+            self.closing = Some(Closing { reason: reason.into(), deadline: Instant::now() + FLUSH_GRACE });
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Leaves the hub (ending any call, broadcasting presence) and logs the close
+    /// line, also when a handler panicked.
+    fn drop(&mut self) {
+        if let Some(user) = self.user() {
+            self.shared.hub.disconnect(self.id, user);
+        }
+        let user = match &self.session {
+            Session::Authenticated { user, username } => format!("{user}:{username}"),
+            Session::Anonymous => "-".into(),
+        };
+        info!(
+            "connection closed conn={} peer={} user={} duration_ms={} reason={}",
+            self.id,
+            self.peer,
+            user,
+            self.opened.elapsed().as_millis(),
+            self.end_reason.as_deref().unwrap_or("panic")
+        );
+    }
+}

@@ -1,0 +1,544 @@
+//! The message types of RoomRTC v1.0 and their JSON payloads, one enum per direction.
+//!
+//! This is the registry: [`MessageType`] lists every code once; [`Request`]
+//! (client to server) and [`ServerMessage`] (server to client) map codes to
+//! payload structs. Adding a type is one line in `message_types!`, one variant
+//! here, and one arm in the connection's dispatch, which the compiler demands.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::frame;
+
+macro_rules! message_types {
+    ($($variant:ident = $code:literal, $name:literal;)*) => {
+        /// Every message type code. A retired code is never reused.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum MessageType {
+            $($variant = $code,)*
+        }
+
+        impl MessageType {
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant,)*];
+
+            pub fn from_code(code: u8) -> Option<MessageType> {
+                match code {
+                    $($code => Some(MessageType::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The protocol name, as PROTOCOL.md writes it (`LOGIN_REQUEST`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(MessageType::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+message_types! {
+    LoginRequest = 0x01, "LOGIN_REQUEST";
+    LoginResponse = 0x02, "LOGIN_RESPONSE";
+    RegisterRequest = 0x03, "REGISTER_REQUEST";
+    RegisterResponse = 0x04, "REGISTER_RESPONSE";
+    UserListRequest = 0x05, "USER_LIST_REQUEST";
+    UserListResponse = 0x06, "USER_LIST_RESPONSE";
+    UserStateUpdate = 0x07, "USER_STATE_UPDATE";
+    CallRequest = 0x08, "CALL_REQUEST";
+    CallNotification = 0x09, "CALL_NOTIFICATION";
+    CallResponse = 0x0A, "CALL_RESPONSE";
+    CallAccepted = 0x0B, "CALL_ACCEPTED";
+    CallDeclined = 0x0C, "CALL_DECLINED";
+    SdpOffer = 0x0D, "SDP_OFFER";
+    SdpAnswer = 0x0E, "SDP_ANSWER";
+    IceCandidate = 0x0F, "ICE_CANDIDATE";
+    Hangup = 0x10, "HANGUP";
+    Heartbeat = 0x11, "HEARTBEAT";
+    Error = 0x12, "ERROR";
+    LogoutRequest = 0x13, "LOGOUT_REQUEST";
+    LogoutResponse = 0x14, "LOGOUT_RESPONSE";
+}
+
+impl MessageType {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Looks a type up by protocol name, ignoring case.
+    pub fn from_name(name: &str) -> Option<MessageType> {
+        MessageType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// A client's correlation id, echoed in the answer: a JSON string or integer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReqId {
+    Int(i64),
+    Text(String),
+}
+
+/// Why a frame's payload is not a valid message. Always answered with ERROR 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub message: String,
+    /// The `req_id` if it could still be read from the payload.
+    pub req_id: Option<ReqId>,
+}
+
+fn parse_payload<T: DeserializeOwned>(kind: MessageType, text: &str) -> Result<T, String> {
+    // serde would also read a struct from a JSON array; the protocol says object.
+    if !text.trim_start().starts_with('{') {
+        return Err(format!("invalid {} payload: expected a JSON object", kind.name()));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if matches!(path.as_str(), "" | "." | "?") {
+            format!("invalid {} payload: {inner}", kind.name())
+        } else {
+            format!("invalid {} payload: {path}: {inner}", kind.name())
+        }
+    })?;
+    de.end()
+        .map_err(|err| format!("invalid {} payload: {err}", kind.name()))?;
+    Ok(value)
+}
+
+macro_rules! direction {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident($ty:ty) = $code:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum $name {
+            $($variant($ty),)*
+        }
+
+        impl $name {
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $($name::$variant(_) => MessageType::$code,)*
+                }
+            }
+
+            /// Parses a payload of type `kind`; `Ok(None)` if this direction has no such type.
+            ///
+            /// # Errors
+            /// A message naming what is wrong with the payload.
+            pub fn parse(kind: MessageType, payload: &str) -> Result<Option<$name>, String> {
+                Ok(Some(match kind {
+                    $(MessageType::$code => $name::$variant(parse_payload(kind, payload)?),)*
+                    #[allow(unreachable_patterns)]
+                    _ => return Ok(None),
+                }))
+            }
+
+            /// The complete frame, header and compact JSON payload.
+            pub fn to_frame(&self) -> Vec<u8> {
+                match self {
+                    $($name::$variant(body) => frame::encode_json(MessageType::$code.code(), body),)*
+                }
+            }
+        }
+    };
+}
+
+direction! {
+    /// What a client sends.
+    Request {
+        Login(Credentials) = LoginRequest,
+        Register(Credentials) = RegisterRequest,
+        UserList(Empty) = UserListRequest,
+        Call(CallRequest) = CallRequest,
+        CallResponse(CallResponse) = CallResponse,
+        SdpOffer(Sdp) = SdpOffer,
+        SdpAnswer(Sdp) = SdpAnswer,
+        IceCandidate(IceCandidate) = IceCandidate,
+        Hangup(Hangup) = Hangup,
+        Heartbeat(Heartbeat) = Heartbeat,
+        Logout(Empty) = LogoutRequest,
+    }
+}
+
+direction! {
+    /// What the server sends.
+    ServerMessage {
+        LoginResponse(AuthResponse) = LoginResponse,
+        RegisterResponse(AuthResponse) = RegisterResponse,
+        UserListResponse(UserList) = UserListResponse,
+        UserStateUpdate(UserStateUpdate) = UserStateUpdate,
+        CallNotification(CallNotification) = CallNotification,
+        CallAccepted(CallAnswered) = CallAccepted,
+        CallDeclined(CallAnswered) = CallDeclined,
+        SdpOffer(Sdp) = SdpOffer,
+        SdpAnswer(Sdp) = SdpAnswer,
+        IceCandidate(IceCandidate) = IceCandidate,
+        Hangup(Hangup) = Hangup,
+        Heartbeat(Heartbeat) = Heartbeat,
+        Error(ErrorMessage) = Error,
+        LogoutResponse(LogoutResponse) = LogoutResponse,
+    }
+}
+
+impl Request {
+    /// Decodes a client frame.
+    ///
+    /// # Errors
+    /// Unknown type, a server-only type, invalid UTF-8 or a payload that does not fit.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Request, DecodeError> {
+        let fail = |message: String, req_id| DecodeError { message, req_id };
+        let Some(kind) = MessageType::from_code(kind) else {
+            return Err(fail(format!("unknown message type 0x{kind:02X}"), None));
+        };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Err(fail(format!("{} payload is not valid UTF-8", kind.name()), None));
+        };
+        match Request::parse(kind, text) {
+            Ok(Some(request)) => Ok(request),
+            Ok(None) => Err(fail(
+                format!("{} is sent by the server, not by clients", kind.name()),
+                req_id_of(text),
+            )),
+            Err(message) => Err(fail(message, req_id_of(text))),
+        }
+    }
+
+    /// May be sent before LOGIN.
+    pub fn allowed_anonymously(&self) -> bool {
+        matches!(self, Request::Login(_) | Request::Register(_) | Request::Heartbeat(_))
+    }
+
+    pub fn req_id(&self) -> Option<&ReqId> {
+        match self {
+            Request::Login(m) | Request::Register(m) => m.req_id.as_ref(),
+            Request::UserList(m) | Request::Logout(m) => m.req_id.as_ref(),
+            Request::Call(m) => m.req_id.as_ref(),
+            Request::CallResponse(m) => m.req_id.as_ref(),
+            Request::SdpOffer(m) | Request::SdpAnswer(m) => m.req_id.as_ref(),
+            Request::IceCandidate(m) => m.req_id.as_ref(),
+            Request::Hangup(m) => m.req_id.as_ref(),
+            Request::Heartbeat(m) => m.req_id.as_ref(),
+        }
+    }
+}
+
+impl ServerMessage {
+    /// Decodes a server frame (clients and tests).
+    ///
+    /// # Errors
+    /// Unknown type, a client-only type, or a payload that does not fit.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<ServerMessage, String> {
+        let kind = MessageType::from_code(kind)
+            .ok_or_else(|| format!("unknown message type 0x{kind:02X}"))?;
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| format!("{} payload is not valid UTF-8", kind.name()))?;
+        ServerMessage::parse(kind, text)?
+            .ok_or_else(|| format!("{} is not sent by the server", kind.name()))
+    }
+
+    pub fn error(code: u16, message: impl Into<String>, req_id: Option<ReqId>) -> ServerMessage {
+        ServerMessage::Error(ErrorMessage { code, message: message.into(), req_id })
+    }
+}
+
+/// The `req_id` of a payload that failed to decode, if it is readable at all.
+fn req_id_of(text: &str) -> Option<ReqId> {
+    #[derive(Deserialize)]
+    struct Only {
+        req_id: Option<ReqId>,
+    }
+    serde_json::from_str::<Only>(text).ok().and_then(|o| o.req_id)
+}
+
+/// LOGIN_REQUEST and REGISTER_REQUEST.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    /// The client's opaque secret; the server bcrypts it. Never logged.
+    pub password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// USER_LIST_REQUEST and LOGOUT_REQUEST: `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRequest {
+    pub to_user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallResponse {
+    pub call_id: String,
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// SDP_OFFER and SDP_ANSWER, both directions. From a client, `from_user_id` is
+/// ignored (the server writes the sender) and `to_user_id` is optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sdp {
+    pub call_id: String,
+    #[serde(default)]
+    pub from_user_id: String,
+    #[serde(default)]
+    pub to_user_id: String,
+    pub sdp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub call_id: String,
+    #[serde(default)]
+    pub from_user_id: String,
+    #[serde(default)]
+    pub to_user_id: String,
+    pub candidate: String,
+    pub sdp_mid: String,
+    pub sdp_mline_index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// HANGUP. From a client `call_id` may be omitted: the sender's current call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hangup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// HEARTBEAT. The answer echoes `timestamp` and adds `server_time` (Unix ms).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub timestamp: serde_json::Number,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// LOGIN_RESPONSE and REGISTER_RESPONSE.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthResponse {
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On failure, the error code (as in ERROR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// One entry of USER_LIST_RESPONSE: flat, as the v1 client's text search needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    pub user_id: String,
+    pub username: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserStateUpdate {
+    pub user_id: String,
+    pub username: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallNotification {
+    pub call_id: String,
+    pub from_user_id: String,
+    pub from_username: String,
+}
+
+/// CALL_ACCEPTED and CALL_DECLINED. `reason` is `"timeout"` when nobody answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAnswered {
+    pub call_id: String,
+    pub peer_user_id: String,
+    pub peer_username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    pub code: u16,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// LOGOUT_RESPONSE: `error` is written as `null` on success, as v1 specifies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogoutResponse {
+    pub success: bool,
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::frame::{Decoded, decode};
+
+    fn body(frame: &[u8]) -> (u8, &[u8]) {
+        match decode(frame, 1 << 20).unwrap().unwrap() {
+            (Decoded::Frame { kind, payload }, used) if used == frame.len() => (kind, payload),
+            other => panic!("not one frame: {other:?}"),
+        }
+    }
+
+    fn sdp() -> Sdp {
+        Sdp {
+            call_id: "9".into(),
+            from_user_id: "1".into(),
+            to_user_id: "2".into(),
+            sdp: "v=0\r\no=- \"q\" \\ é\r\n".into(),
+            req_id: None,
+        }
+    }
+
+    fn ice() -> IceCandidate {
+        IceCandidate {
+            call_id: "9".into(),
+            from_user_id: "1".into(),
+            to_user_id: "2".into(),
+            candidate: "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host".into(),
+            sdp_mid: "0".into(),
+            sdp_mline_index: 0,
+            req_id: Some(ReqId::Int(3)),
+        }
+    }
+
+    /// Every client message survives encode then decode unchanged.
+    #[test]
+    fn every_request_round_trips() {
+        let creds = Credentials { username: "alice".into(), password_hash: "x".into(), req_id: Some(ReqId::Text("r1".into())) };
+        let all = vec![
+            Request::Login(creds.clone()),
+            Request::Register(creds),
+            Request::UserList(Empty::default()),
+            Request::Call(CallRequest { to_user_id: "2".into(), req_id: None }),
+            Request::CallResponse(CallResponse { call_id: "9".into(), accepted: true, req_id: None }),
+            Request::SdpOffer(sdp()),
+            Request::SdpAnswer(sdp()),
+            Request::IceCandidate(ice()),
+            Request::Hangup(Hangup { call_id: Some("9".into()), req_id: None }),
+            Request::Heartbeat(Heartbeat { timestamp: 1700000000123u64.into(), server_time: None, req_id: None }),
+            Request::Logout(Empty { req_id: Some(ReqId::Int(-4)) }),
+        ];
+        for request in all {
+            let frame = request.to_frame();
+            let (kind, payload) = body(&frame);
+            assert_eq!(kind, request.message_type().code());
+            assert_eq!(Request::decode(kind, payload), Ok(request));
+        }
+    }
+
+    /// Every server message survives encode then decode unchanged.
+    #[test]
+    fn every_server_message_round_trips() {
+        let answered = CallAnswered { call_id: "9".into(), peer_user_id: "2".into(), peer_username: "bob".into(), reason: Some("timeout".into()) };
+        let all = vec![
+            ServerMessage::LoginResponse(AuthResponse { success: true, user_id: Some("1".into()), username: Some("alice".into()), ..Default::default() }),
+            ServerMessage::RegisterResponse(AuthResponse { success: false, error: Some("username is taken".into()), code: Some(409), ..Default::default() }),
+            ServerMessage::UserListResponse(UserList { users: vec![UserEntry { user_id: "1".into(), username: "alice".into(), state: "Available".into() }], req_id: None }),
+            ServerMessage::UserStateUpdate(UserStateUpdate { user_id: "1".into(), username: "alice".into(), state: "Busy".into() }),
+            ServerMessage::CallNotification(CallNotification { call_id: "9".into(), from_user_id: "1".into(), from_username: "alice".into() }),
+            ServerMessage::CallAccepted(CallAnswered { reason: None, ..answered.clone() }),
+            ServerMessage::CallDeclined(answered),
+            ServerMessage::SdpOffer(sdp()),
+            ServerMessage::SdpAnswer(sdp()),
+            ServerMessage::IceCandidate(ice()),
+            ServerMessage::Hangup(Hangup { call_id: Some("9".into()), req_id: None }),
+            ServerMessage::Heartbeat(Heartbeat { timestamp: 5.into(), server_time: Some(6), req_id: None }),
+            ServerMessage::error(409, "user is busy", Some(ReqId::Int(7))),
+            ServerMessage::LogoutResponse(LogoutResponse { success: true, error: None, req_id: None }),
+        ];
+        for message in all {
+            let frame = message.to_frame();
+            let (kind, payload) = body(&frame);
+            assert_eq!(kind, message.message_type().code());
+            assert_eq!(ServerMessage::decode(kind, payload), Ok(message));
+        }
+    }
+
+    /// The JSON is compact, ids are strings, and LOGOUT_RESPONSE carries `"error":null`,
+    /// exactly what the v1 client's text search expects.
+    #[test]
+    fn payloads_are_compact_json_as_v1_clients_search_it() {
+        let frame = ServerMessage::UserListResponse(UserList {
+            users: vec![
+                UserEntry { user_id: "1".into(), username: "alice".into(), state: "Available".into() },
+                UserEntry { user_id: "2".into(), username: "bob".into(), state: "Disconnected".into() },
+            ],
+            req_id: None,
+        })
+        .to_frame();
+        assert_eq!(
+            std::str::from_utf8(&frame[5..]).unwrap(),
+            r#"{"users":[{"user_id":"1","username":"alice","state":"Available"},{"user_id":"2","username":"bob","state":"Disconnected"}]}"#
+        );
+        let frame = ServerMessage::LogoutResponse(LogoutResponse { success: true, error: None, req_id: None }).to_frame();
+        assert_eq!(&frame[5..], br#"{"success":true,"error":null}"#);
+    }
+
+    /// Decode errors name the problem and keep the req_id when it is readable.
+    #[test]
+    fn decode_errors_name_the_problem() {
+        let err = |kind: u8, payload: &str| Request::decode(kind, payload.as_bytes()).unwrap_err();
+        assert_eq!(err(0x42, "{}").message, "unknown message type 0x42");
+        assert!(err(0x08, "{").message.contains("invalid CALL_REQUEST payload"));
+        let e = err(0x08, r#"{"to_user_id":5,"req_id":"a"}"#);
+        assert!(e.message.contains("to_user_id: invalid type: integer"), "{}", e.message);
+        assert_eq!(e.req_id, Some(ReqId::Text("a".into())));
+        assert!(err(0x01, r#"{"username":"a"}"#).message.contains("missing field `password_hash`"));
+        assert!(err(0x02, "{}").message.contains("sent by the server"));
+        assert!(err(0x05, "[]").message.contains("invalid USER_LIST_REQUEST payload"));
+        assert!(err(0x05, "{} x").message.contains("trailing characters"));
+        assert!(Request::decode(0x05, &[0x7b, 0xff, 0x7d]).unwrap_err().message.contains("not valid UTF-8"));
+    }
+
+    /// Every code 0x01-0x14 is known by name and code, and names resolve back.
+    #[test]
+    fn the_registry_covers_all_twenty_v1_types() {
+        assert_eq!(MessageType::ALL.len(), 20);
+        for (i, t) in MessageType::ALL.iter().enumerate() {
+            assert_eq!(t.code() as usize, i + 1);
+            assert_eq!(MessageType::from_code(t.code()), Some(*t));
+            assert_eq!(MessageType::from_name(&t.name().to_lowercase()), Some(*t));
+        }
+    }
+}

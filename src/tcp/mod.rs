@@ -1,0 +1,16 @@
+//! The network edge: framing, message types, the listener, one thread per
+//! connection, outbound queues and TLS.
+
+pub mod connection;
+pub mod frame;
+mod handlers;
+pub mod message;
+pub mod outbox;
+mod poll;
+pub mod server;
+pub mod tls;
+pub mod transport;
+
+pub use message::{MessageType, ReqId, Request, ServerMessage};
+pub use server::{Limits, Server, ServerHandle, ServerStats, Settings};
+pub use tls::{TlsError, TlsIdentity, build_acceptor};

@@ -1,0 +1,368 @@
+//! Per-connection outbound queues and the registry that delivers into them.
+//!
+//! Any thread may push an encoded frame onto a connection's [`Outbox`] and
+//! signal its eventfd; only the connection's own thread takes frames off and
+//! writes them to the socket. The queue is bounded in bytes: a client that does
+//! not read overflows it and is disconnected, and nobody else ever waits on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use log::{debug, warn};
+use rustix::event::{EventfdFlags, eventfd};
+
+use super::message::{
+    CallAnswered, CallNotification, Hangup, IceCandidate, Sdp, ServerMessage, UserStateUpdate,
+};
+use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
+
+/// An encoded frame, shared by every recipient of a broadcast.
+pub type Frame = Arc<[u8]>;
+
+/// Why the server closes a connection from outside its thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    SlowConsumer,
+    TakenOver,
+    ShuttingDown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::TakenOver => "logged in elsewhere",
+            CloseReason::ShuttingDown => "server shutting down",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    close: Option<CloseReason>,
+}
+
+/// A connection's outbound queue and wake-up.
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    wake: OwnedFd,
+    cap: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Outbox {
+    /// # Errors
+    /// If no eventfd can be created (descriptor limit).
+    pub fn new(cap: usize) -> std::io::Result<Outbox> {
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Outbox { queue: Mutex::new(Queue::default()), wake, cap })
+    }
+
+    /// The descriptor the connection thread polls.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    fn signal(&self) {
+        // EAGAIN means the counter is already non-zero: the thread is woken anyway.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Clears the wake-up; called by the connection thread before taking frames.
+    pub fn clear_wake(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut buf);
+    }
+
+    /// Queues a frame. Over the byte cap the connection is marked as a slow
+    /// consumer instead: its queue is dropped and its thread closes it.
+    pub fn push(&self, frame: Frame) {
+        let mut queue = lock(&self.queue);
+        if queue.close.is_some() {
+            return;
+        }
+        if queue.bytes + frame.len() > self.cap {
+            queue.close = Some(CloseReason::SlowConsumer);
+            queue.frames.clear();
+            queue.bytes = 0;
+            drop(queue);
+            self.signal();
+            return;
+        }
+        let was_empty = queue.frames.is_empty();
+        queue.bytes += frame.len();
+        queue.frames.push_back(frame);
+        drop(queue);
+        // Only the first frame needs a wake-up: the thread drains the whole queue
+        // after clearing the eventfd, so later frames are picked up by that pass.
+        if was_empty {
+            self.signal();
+        }
+    }
+
+    /// Queues a last frame (past the cap: it is small) and asks the thread to
+    /// close once everything queued is written.
+    pub fn push_final(&self, frame: Frame, reason: CloseReason) {
+        let mut queue = lock(&self.queue);
+        if queue.close.is_some() {
+            return;
+        }
+        queue.bytes += frame.len();
+        queue.frames.push_back(frame);
+        queue.close = Some(reason);
+        drop(queue);
+        self.signal();
+    }
+
+    /// Moves queued frames into `out` until it holds at least `budget` bytes.
+    /// Returns the close request, if any, once the queue is empty.
+    pub fn take_into(&self, out: &mut Vec<u8>, budget: usize) -> Drained {
+        let mut queue = lock(&self.queue);
+        while out.len() < budget {
+            let Some(frame) = queue.frames.pop_front() else { break };
+            queue.bytes -= frame.len();
+            out.extend_from_slice(&frame);
+        }
+        Drained {
+            more: !queue.frames.is_empty(),
+            close: if queue.frames.is_empty() { queue.close } else { None },
+            slow: queue.close == Some(CloseReason::SlowConsumer),
+        }
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.queue).bytes
+    }
+}
+
+/// The result of [`Outbox::take_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Frames remain queued (the budget was reached).
+    pub more: bool,
+    /// Close after writing what was taken.
+    pub close: Option<CloseReason>,
+    /// Close now: the client stopped reading and overflowed its queue.
+    pub slow: bool,
+}
+
+/// Every open connection's outbox: the tcp side of the [`Notifier`] port.
+pub struct Connections {
+    map: RwLock<HashMap<ConnId, Arc<Outbox>>>,
+    next_id: AtomicU64,
+    /// Frames encoded for delivery, for tests and metrics: a broadcast counts once.
+    encoded: AtomicU64,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { map: RwLock::default(), next_id: AtomicU64::new(1), encoded: AtomicU64::new(0) }
+    }
+}
+
+impl Connections {
+    pub fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn insert(&self, id: ConnId, outbox: Arc<Outbox>) {
+        self.map.write().unwrap_or_else(PoisonError::into_inner).insert(id, outbox);
+    }
+
+    pub fn remove(&self, id: ConnId) {
+        self.map.write().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn frames_encoded(&self) -> u64 {
+        self.encoded.load(Ordering::Relaxed)
+    }
+
+    fn get(&self, id: ConnId) -> Option<Arc<Outbox>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    fn encode(&self, message: &ServerMessage) -> Frame {
+        self.encoded.fetch_add(1, Ordering::Relaxed);
+        Arc::from(message.to_frame())
+    }
+
+    /// Tells every connection, logged in or not, that the server is stopping,
+    /// and has each close once that is written.
+    pub fn end_all(&self, why: SessionEnd) {
+        let frame = self.encode(&session_end_message(why));
+        let outboxes: Vec<Arc<Outbox>> =
+            self.map.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        for outbox in outboxes {
+            outbox.push_final(frame.clone(), close_reason(why));
+        }
+    }
+}
+
+impl Notifier for Connections {
+    fn notify(&self, to: ConnId, notice: Notice) {
+        match self.get(to) {
+            Some(outbox) => outbox.push(self.encode(&notice_message(notice))),
+            None => debug!("notice for closed conn={to} skipped"),
+        }
+    }
+
+    fn notify_many(&self, to: &[ConnId], notice: Notice) {
+        if to.is_empty() {
+            return;
+        }
+        let frame = self.encode(&notice_message(notice));
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        for id in to {
+            if let Some(outbox) = map.get(id) {
+                outbox.push(frame.clone());
+            }
+        }
+    }
+
+    fn end_session(&self, conn: ConnId, why: SessionEnd) {
+        match self.get(conn) {
+            Some(outbox) => outbox.push_final(self.encode(&session_end_message(why)), close_reason(why)),
+            None => warn!("session end for closed conn={conn} skipped"),
+        }
+    }
+}
+
+fn close_reason(why: SessionEnd) -> CloseReason {
+    match why {
+        SessionEnd::TakenOver => CloseReason::TakenOver,
+        SessionEnd::ShuttingDown => CloseReason::ShuttingDown,
+    }
+}
+
+fn session_end_message(why: SessionEnd) -> ServerMessage {
+    match why {
+        SessionEnd::TakenOver => ServerMessage::error(409, "logged in elsewhere", None),
+        SessionEnd::ShuttingDown => ServerMessage::error(503, "server shutting down", None),
+    }
+}
+
+/// The wire form of a notice.
+pub fn notice_message(notice: Notice) -> ServerMessage {
+    match notice {
+        Notice::Presence { user, username, state } => ServerMessage::UserStateUpdate(UserStateUpdate {
+            user_id: user.to_string(),
+            username: username.to_string(),
+            state: state.as_str().to_string(),
+        }),
+        Notice::IncomingCall { call_id, from } => ServerMessage::CallNotification(CallNotification {
+            call_id: call_id.to_string(),
+            from_user_id: from.id.to_string(),
+            from_username: from.username.to_string(),
+        }),
+        Notice::CallAccepted { call_id, peer } => ServerMessage::CallAccepted(CallAnswered {
+            call_id: call_id.to_string(),
+            peer_user_id: peer.id.to_string(),
+            peer_username: peer.username.to_string(),
+            reason: None,
+        }),
+        Notice::CallDeclined { call_id, peer, timed_out } => ServerMessage::CallDeclined(CallAnswered {
+            call_id: call_id.to_string(),
+            peer_user_id: peer.id.to_string(),
+            peer_username: peer.username.to_string(),
+            reason: timed_out.then(|| "timeout".to_string()),
+        }),
+        Notice::HungUp { call_id } => ServerMessage::Hangup(Hangup { call_id: Some(call_id.to_string()), req_id: None }),
+        Notice::Signal(signal) => signal_message(signal),
+        Notice::SessionEnded(why) => session_end_message(why),
+    }
+}
+
+fn signal_message(signal: Signal) -> ServerMessage {
+    match signal {
+        Signal::Offer { call_id, from, to, sdp } => ServerMessage::SdpOffer(Sdp {
+            call_id: call_id.to_string(),
+            from_user_id: from.to_string(),
+            to_user_id: to.to_string(),
+            sdp,
+            req_id: None,
+        }),
+        Signal::Answer { call_id, from, to, sdp } => ServerMessage::SdpAnswer(Sdp {
+            call_id: call_id.to_string(),
+            from_user_id: from.to_string(),
+            to_user_id: to.to_string(),
+            sdp,
+            req_id: None,
+        }),
+        Signal::Ice { call_id, from, to, candidate, sdp_mid, sdp_mline_index } => {
+            ServerMessage::IceCandidate(IceCandidate {
+                call_id: call_id.to_string(),
+                from_user_id: from.to_string(),
+                to_user_id: to.to_string(),
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                req_id: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Frame {
+        Arc::from(vec![7u8; n])
+    }
+
+    /// Frames come out in order and the byte count follows them.
+    #[test]
+    fn frames_come_out_in_order_within_the_budget() {
+        let outbox = Outbox::new(100).unwrap();
+        outbox.push(Arc::from(&b"ab"[..]));
+        outbox.push(Arc::from(&b"cd"[..]));
+        outbox.push(Arc::from(&b"ef"[..]));
+        let mut out = Vec::new();
+        let drained = outbox.take_into(&mut out, 3);
+        assert_eq!((out.as_slice(), drained.more, outbox.queued_bytes()), (&b"abcd"[..], true, 2));
+        outbox.take_into(&mut out, 100);
+        assert_eq!(out, b"abcdef");
+    }
+
+    /// Overflowing the cap marks the connection slow and drops its queue.
+    #[test]
+    fn overflowing_the_cap_marks_a_slow_consumer() {
+        let outbox = Outbox::new(10).unwrap();
+        outbox.push(frame(6));
+        outbox.push(frame(6));
+        assert_eq!(outbox.queued_bytes(), 0);
+        let mut out = Vec::new();
+        let drained = outbox.take_into(&mut out, 100);
+        assert!(drained.slow && out.is_empty());
+        outbox.push(frame(1));
+        assert_eq!(outbox.queued_bytes(), 0, "nothing is queued once closing");
+    }
+
+    /// A final frame is delivered after what was queued, then the close is reported.
+    #[test]
+    fn a_final_frame_closes_after_the_queue() {
+        let outbox = Outbox::new(10).unwrap();
+        outbox.push(frame(8));
+        outbox.push_final(frame(8), CloseReason::TakenOver);
+        let mut out = Vec::new();
+        assert_eq!(outbox.take_into(&mut out, 1).close, None);
+        assert_eq!(outbox.take_into(&mut out, 100).close, Some(CloseReason::TakenOver));
+        assert_eq!(out.len(), 16);
+    }
+}

@@ -1,0 +1,345 @@
+//! The listener: admits connections, spawns one thread each, and shuts down.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use native_tls::TlsAcceptor;
+
+use super::connection::Connection;
+use super::message::ServerMessage;
+use super::outbox::{Connections, Outbox};
+use super::transport::{Transport, accept_tls};
+use crate::application::{Authenticator, Hub, Notifier, PasswordHasher, SessionEnd, UserStore};
+
+/// Connection threads need little stack: no recursion beyond serde_json's
+/// bounded depth, and buffers live on the heap.
+const CONNECTION_STACK: usize = 256 * 1024;
+/// At most this many threads at once refuse TLS clients over `max_connections`.
+const MAX_TLS_REJECTERS: usize = 16;
+
+/// Per-connection limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Largest accepted LEN (type byte plus payload).
+    pub max_frame: usize,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Cap on bytes queued for one connection before it counts as a slow consumer.
+    pub outbound_queue_bytes: usize,
+}
+
+/// Everything the server is built from, besides the listener and the store.
+pub struct Settings {
+    pub limits: Limits,
+    pub ringing_timeout: Duration,
+    pub bcrypt_cost: u32,
+    pub hash_concurrency: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// State shared by the listener and every connection thread.
+pub struct Shared {
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub connections: Arc<Connections>,
+    pub limits: Limits,
+    pub tls: Option<TlsAcceptor>,
+    open: AtomicUsize,
+    rejecting: AtomicUsize,
+}
+
+/// A bound server, not yet accepting.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// # Errors
+    /// If bcrypt refuses the cost.
+    pub fn new(listener: TcpListener, settings: Settings, users: Arc<dyn UserStore>) -> io::Result<Server> {
+        let connections = Arc::new(Connections::default());
+        let notifier: Arc<dyn Notifier> = connections.clone();
+        let hub = Arc::new(Hub::new(notifier, users.clone(), settings.ringing_timeout));
+        let hasher = PasswordHasher::new(settings.bcrypt_cost, settings.hash_concurrency)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                hub,
+                auth: Authenticator::new(users, hasher),
+                connections,
+                limits: settings.limits,
+                tls: settings.tls,
+                open: AtomicUsize::new(0),
+                rejecting: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// # Errors
+    /// As [`TcpListener::local_addr`].
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Starts the accept loop and the ringing timer on their own threads.
+    ///
+    /// # Errors
+    /// If a thread cannot be spawned.
+    pub fn start(self) -> io::Result<ServerHandle> {
+        let addr = self.listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = mpsc::channel();
+        let hub = self.shared.hub.clone();
+        let timer = thread::Builder::new()
+            .name("ringing-timer".into())
+            .spawn(move || hub.run_ringing_timer())?;
+        let (shared, listener, flag) = (self.shared.clone(), self.listener, stop.clone());
+        let accept = thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_loop(listener, shared, flag, done_tx))?;
+        Ok(ServerHandle {
+            addr,
+            shared: self.shared,
+            stop,
+            accept: Some(accept),
+            timer: Some(timer),
+            done: done_rx,
+        })
+    }
+}
+
+/// Counts of what the server holds, for tests and operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connection threads alive.
+    pub open_connections: usize,
+    /// Outboxes registered for delivery.
+    pub registered_outboxes: usize,
+    pub online_users: usize,
+    pub calls: usize,
+    pub frames_encoded: u64,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
+    done: Receiver<()>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let hub = self.shared.hub.stats();
+        ServerStats {
+            open_connections: self.shared.open.load(Ordering::SeqCst),
+            registered_outboxes: self.shared.connections.len(),
+            online_users: hub.online,
+            calls: hub.calls,
+            frames_encoded: self.shared.connections.frames_encoded(),
+        }
+    }
+
+    /// Blocks until the accept loop ends (it only ends through [`ServerHandle::shutdown`]).
+    pub fn wait(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+
+    /// Stops accepting, ends every call (parties get HANGUP), tells every client
+    /// ERROR 503 "server shutting down" and waits up to `drain` for the
+    /// connections to close. Returns whether they all closed in time.
+    pub fn shutdown(mut self, drain: Duration) -> bool {
+        self.stop_now(drain)
+    }
+
+    fn stop_now(&mut self, drain: Duration) -> bool {
+        let deadline = Instant::now() + drain;
+        self.stop.store(true, Ordering::SeqCst);
+        // The accept loop blocks in accept(2): a connection to ourselves wakes it.
+        let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        self.shared.hub.stop();
+        self.shared.connections.end_all(SessionEnd::ShuttingDown);
+        if let Some(timer) = self.timer.take() {
+            let _ = timer.join();
+        }
+        loop {
+            match self.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Disconnected) => return true,
+                Err(RecvTimeoutError::Timeout) => {
+                    warn!("{} connections still open at the drain deadline", self.shared.open.load(Ordering::SeqCst));
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.stop_now(Duration::from_secs(2));
+        }
+    }
+}
+
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>, done: Sender<()>) {
+    for incoming in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match incoming {
+            Ok(stream) => admit(&shared, stream, &done),
+            Err(err) => {
+                warn!("accept failed: {err}");
+                // Out of descriptors or memory: accept(2) would fail again at once.
+                // Back off briefly instead of spinning; connections that close free them.
+                if matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12)) {
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    info!("listener stopped addr={}", listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()));
+}
+
+/// Releases a connection's slot when its thread ends, however it ends.
+struct Slot {
+    shared: Arc<Shared>,
+    id: crate::application::ConnId,
+    _done: Sender<()>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.connections.remove(self.id);
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    if let Err(err) = stream.set_nodelay(true).and_then(|()| stream.set_nonblocking(true)) {
+        warn!("socket setup failed peer={peer}: {err}");
+        return;
+    }
+    if shared.open.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_connections {
+        shared.open.fetch_sub(1, Ordering::SeqCst);
+        reject_full(shared, stream, peer);
+        return;
+    }
+    let id = shared.connections.next_id();
+    let outbox = match Outbox::new(shared.limits.outbound_queue_bytes) {
+        Ok(outbox) => Arc::new(outbox),
+        Err(err) => {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            warn!("cannot create wake-up for peer={peer}: {err}");
+            return;
+        }
+    };
+    shared.connections.insert(id, outbox.clone());
+    let slot = Slot { shared: shared.clone(), id, _done: done.clone() };
+    let spawned = thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || run_connection(slot, stream, peer, outbox));
+    if let Err(err) = spawned {
+        // The closure, and with it the slot, is dropped: the slot is released.
+        error!("cannot spawn a thread for peer={peer}: {err}");
+    }
+}
+
+fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, outbox: Arc<Outbox>) {
+    let shared = slot.shared.clone();
+    let id = slot.id;
+    let opened = Instant::now();
+    info!("connection opened conn={id} peer={peer} tls={}", shared.tls.is_some());
+    let transport = match &shared.tls {
+        None => Transport::Plain(stream),
+        Some(acceptor) => {
+            let deadline = opened + shared.limits.handshake_timeout;
+            match accept_tls(acceptor, stream, deadline, Some(outbox.wake_fd())) {
+                Ok(tls) => Transport::Tls(Box::new(tls)),
+                Err(err) => {
+                    info!(
+                        "connection closed conn={id} peer={peer} user=- duration_ms={} reason={err}",
+                        opened.elapsed().as_millis()
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    // The connection logs its own close line and leaves the hub when dropped,
+    // which also happens when a handler panics.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        Connection::new(id, peer, opened, shared.clone(), transport, outbox).run();
+    }));
+    if outcome.is_err() {
+        error!("connection thread panicked conn={id} peer={peer}; the daemon carries on");
+    }
+    drop(slot);
+}
+
+/// Answers a client over `max_connections` with ERROR 503 and closes it.
+fn reject_full(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    warn!("connection refused peer={peer} reason=max_connections ({}) reached", shared.limits.max_connections);
+    let frame = ServerMessage::error(503, "server is at max_connections; try again later", None).to_frame();
+    let Some(acceptor) = shared.tls.clone() else {
+        // A fresh socket's send buffer takes these few bytes at once.
+        let _ = stream.write_all(&frame);
+        return;
+    };
+    // Over TLS the refusal needs a handshake; a few threads may do that, beyond them clients are just closed.
+    if shared.rejecting.fetch_add(1, Ordering::SeqCst) >= MAX_TLS_REJECTERS {
+        shared.rejecting.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let counter = shared.clone();
+    let shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name("reject".into())
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || {
+            let deadline = Instant::now() + shared.limits.handshake_timeout.min(Duration::from_secs(2));
+            if let Ok(mut tls) = accept_tls(&acceptor, stream, deadline, None) {
+                let _ = tls.write_all(&frame);
+                let _ = tls.shutdown();
+            }
+            shared.rejecting.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        counter.rejecting.fetch_sub(1, Ordering::SeqCst);
+        warn!("cannot spawn a thread to refuse peer={peer}");
+    }
+}

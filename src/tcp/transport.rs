@@ -1,0 +1,128 @@
+//! The byte stream under a connection: plain TCP or TLS over it, always non-blocking.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
+
+use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
+use rustix::event::{PollFd, PollFlags};
+
+use super::poll::poll_until;
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Decrypted bytes TLS holds that poll(2) cannot see.
+    pub fn has_buffered_input(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(s) => s.buffered_read_size().is_ok_and(|n| n > 0),
+        }
+    }
+
+    /// Ends the stream: TLS close_notify where possible, then both directions.
+    pub fn close(&mut self) {
+        if let Transport::Tls(s) = self {
+            let _ = s.shutdown();
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl AsFd for Transport {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp().as_fd()
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    TimedOut,
+    /// The server is stopping (the wake-up fired).
+    Interrupted,
+    Failed(String),
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeFailure::TimedOut => f.write_str("tls handshake timed out"),
+            HandshakeFailure::Interrupted => f.write_str("tls handshake interrupted"),
+            HandshakeFailure::Failed(e) => write!(f, "tls handshake failed: {e}"),
+        }
+    }
+}
+
+/// Runs a server handshake on a non-blocking socket until `deadline`, waiting
+/// in poll(2) on the socket and `wake` (which aborts it).
+///
+/// # Errors
+/// Timeout, interruption, or the TLS error (a plain-TCP client lands here).
+pub fn accept_tls(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    deadline: Instant,
+    wake: Option<BorrowedFd<'_>>,
+) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    let mut attempt = acceptor.accept(stream);
+    loop {
+        match attempt {
+            Ok(tls) => return Ok(tls),
+            Err(HandshakeError::Failure(err)) => return Err(HandshakeFailure::Failed(err.to_string())),
+            Err(HandshakeError::WouldBlock(mid)) => {
+                // A handshake waits on the peer's next flight; the socket's send
+                // buffer always holds the server's own few kilobytes.
+                let mut fds = vec![PollFd::new(mid.get_ref(), PollFlags::IN)];
+                if let Some(wake) = wake {
+                    fds.push(PollFd::from_borrowed_fd(wake, PollFlags::IN));
+                }
+                match poll_until(&mut fds, Some(deadline)) {
+                    Ok(0) => return Err(HandshakeFailure::TimedOut),
+                    Ok(_) if fds.get(1).is_some_and(|f| !f.revents().is_empty()) => {
+                        return Err(HandshakeFailure::Interrupted);
+                    }
+                    Ok(_) => {}
+                    Err(err) => return Err(HandshakeFailure::Failed(err.to_string())),
+                }
+                attempt = mid.handshake();
+            }
+        }
+    }
+}
