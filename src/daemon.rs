@@ -20,7 +20,10 @@ pub enum StartError {
     /// users.txt is unreadable or malformed.
     Data(LoadError),
     /// The address could not be bound.
-    Bind { addr: SocketAddr, err: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     /// Anything else the operating system refused (threads, settings).
     Io(std::io::Error),
 }
@@ -56,7 +59,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         Some(identity) => Some(build_acceptor(identity).map_err(StartError::Tls)?),
         None => None,
     };
-    let users: Arc<dyn UserStore> = Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
+    let users: Arc<dyn UserStore> =
+        Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;

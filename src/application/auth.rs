@@ -68,7 +68,10 @@ impl PasswordHasher {
         {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             while *running >= self.limit {
-                running = self.freed.wait(running).unwrap_or_else(PoisonError::into_inner);
+                running = self
+                    .freed
+                    .wait(running)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             *running += 1;
         }
@@ -77,7 +80,11 @@ impl PasswordHasher {
         struct Slot<'a>(&'a PasswordHasher);
         impl Drop for Slot<'_> {
             fn drop(&mut self) {
-                let mut running = self.0.running.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut running = self
+                    .0
+                    .running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 *running -= 1;
                 self.0.freed.notify_one();
             }
@@ -126,13 +133,15 @@ impl Authenticator {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.users.create(username, &hash, now).map_err(|err| match err {
-            StoreError::Conflict => AppError::Conflict("username is taken".into()),
-            StoreError::Io(err) => {
-                warn!("registration not stored username={username}: {err}");
-                AppError::Internal(format!("could not store the account: {err}"))
-            }
-        })
+        self.users
+            .create(username, &hash, now)
+            .map_err(|err| match err {
+                StoreError::Conflict => AppError::Conflict("username is taken".into()),
+                StoreError::Io(err) => {
+                    warn!("registration not stored username={username}: {err}");
+                    AppError::Internal(format!("could not store the account: {err}"))
+                }
+            })
     }
 
     /// Checks credentials. Unknown users and wrong secrets fail alike, in the same time.
@@ -142,7 +151,10 @@ impl Authenticator {
     pub fn verify(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
         validate_secret(secret).map_err(AppError::BadRequest)?;
         let user = self.users.find_by_name(username);
-        if self.hasher.verify(secret, user.as_ref().map(|u| u.password_hash.as_str())) {
+        if self
+            .hasher
+            .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()))
+        {
             user.ok_or(AppError::InvalidCredentials)
         } else {
             Err(AppError::InvalidCredentials)

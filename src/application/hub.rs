@@ -251,7 +251,10 @@ impl Hub {
                 },
             ));
         }
-        info!("call ringing call_id={} caller={} callee={}", call.id, caller, callee);
+        info!(
+            "call ringing call_id={} caller={} callee={}",
+            call.id, caller, callee
+        );
         self.timer_wake.notify_one();
         self.commit(state, before, out);
         Ok(call.id)
@@ -281,10 +284,14 @@ impl Hub {
         let mut out = Outgoing::default();
         match state.calls.answer(call_id, user, accepted)? {
             Answer::Accepted(call) => {
-                info!("call accepted call_id={} caller={} callee={}", call.id, call.caller, call.callee);
+                info!(
+                    "call accepted call_id={} caller={} callee={}",
+                    call.id, call.caller, call.callee
+                );
                 if let Some(to) = state.conn_of(call.caller) {
                     let peer = state.party(call.callee);
-                    out.direct.push((to, Notice::CallAccepted { call_id, peer }));
+                    out.direct
+                        .push((to, Notice::CallAccepted { call_id, peer }));
                 }
             }
             Answer::Declined(ended) => self.ended_notices(&state, &ended, &mut out),
@@ -322,7 +329,8 @@ impl Hub {
                 .ok_or_else(|| AppError::NotFound("peer is offline".into()))?;
             (peer, peer_conn)
         };
-        self.notifier.notify(peer_conn, Notice::Signal(signal(peer)));
+        self.notifier
+            .notify(peer_conn, Notice::Signal(signal(peer)));
         Ok(())
     }
 
@@ -371,23 +379,28 @@ impl Hub {
     /// Ends every ringing call whose deadline has passed at `now`.
     pub fn expire_due(&self, now: Instant) {
         let mut state = lock(&self.state);
-        let due: Vec<_> = state
-            .calls
-            .expire(now)
-            .into_iter()
-            .collect();
+        let due: Vec<_> = state.calls.expire(now).into_iter().collect();
         if due.is_empty() {
             return;
         }
         // The calls are already gone, so "before" is rebuilt from what they were.
         let before = Before(
             due.iter()
-                .map(|e| (e.call.caller, state.party(e.call.caller).username, UserState::Busy))
+                .map(|e| {
+                    (
+                        e.call.caller,
+                        state.party(e.call.caller).username,
+                        UserState::Busy,
+                    )
+                })
                 .collect(),
         );
         let mut out = Outgoing::default();
         for ended in &due {
-            info!("call timed out call_id={} caller={} callee={}", ended.call.id, ended.call.caller, ended.call.callee);
+            info!(
+                "call timed out call_id={} caller={} callee={}",
+                ended.call.id, ended.call.caller, ended.call.callee
+            );
             self.ended_notices(&state, ended, &mut out);
         }
         self.commit(state, before, out);
@@ -443,7 +456,10 @@ impl Hub {
 
     fn end_call_of(&self, state: &mut HubState, user: UserId, out: &mut Outgoing) {
         if let Some(ended) = state.calls.leave(user) {
-            info!("call ended call_id={} by={} reason=left", ended.call.id, user);
+            info!(
+                "call ended call_id={} by={} reason=left",
+                ended.call.id, user
+            );
             self.ended_notices(state, &ended, out);
         }
     }

@@ -27,7 +27,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn at(key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError { key: Some(key.into()), message: message.into() }
+        ConfigError {
+            key: Some(key.into()),
+            message: message.into(),
+        }
     }
 }
 
@@ -193,8 +196,12 @@ impl Config {
     pub fn describe(&self) -> String {
         let tls = match &self.tls {
             None => "off".to_string(),
-            Some(TlsIdentity::Pkcs12 { path, .. }) => format!("pkcs12 {} (password ***)", path.display()),
-            Some(TlsIdentity::Pem { cert, key }) => format!("pem {} + {}", cert.display(), key.display()),
+            Some(TlsIdentity::Pkcs12 { path, .. }) => {
+                format!("pkcs12 {} (password ***)", path.display())
+            }
+            Some(TlsIdentity::Pem { cert, key }) => {
+                format!("pem {} + {}", cert.display(), key.display())
+            }
         };
         format!(
             "bind={}:{} tls={} max_connections={} max_frame_bytes={} idle_timeout={:?} ringing_timeout={:?} users_file={} bcrypt_cost={} max_concurrent_hashes={}",
@@ -221,21 +228,39 @@ fn parse_file(text: &str, warnings: &mut Vec<String>) -> Result<File, ConfigErro
         let key = err.path().to_string();
         let inner = err.into_inner();
         if matches!(key.as_str(), "" | "." | "?") {
-            ConfigError { key: None, message: format!("invalid configuration: {inner}") }
+            ConfigError {
+                key: None,
+                message: format!("invalid configuration: {inner}"),
+            }
         } else {
             ConfigError::at(&key, inner.to_string())
         }
     })?;
-    de.end().map_err(|e| ConfigError { key: None, message: format!("invalid configuration: {e}") })?;
-    warnings.extend(unknown.into_iter().map(|key| format!("unknown configuration key {key} ignored")));
+    de.end().map_err(|e| ConfigError {
+        key: None,
+        message: format!("invalid configuration: {e}"),
+    })?;
+    warnings.extend(
+        unknown
+            .into_iter()
+            .map(|key| format!("unknown configuration key {key} ignored")),
+    );
     Ok(parsed)
 }
 
-fn seconds(key: &str, value: Option<f64>, default: Duration, max: f64) -> Result<Duration, ConfigError> {
+fn seconds(
+    key: &str,
+    value: Option<f64>,
+    default: Duration,
+    max: f64,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(s) if s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(ConfigError::at(key, format!("must be more than 0 and at most {max} seconds (got {s})"))),
+        Some(s) => Err(ConfigError::at(
+            key,
+            format!("must be more than 0 and at most {max} seconds (got {s})"),
+        )),
     }
 }
 
@@ -251,27 +276,46 @@ fn resolve(
     let bind_address = match bind_text {
         None => d.bind_address,
         Some(text) => IpAddr::from_str(text.trim()).map_err(|_| {
-            ConfigError::at("server.bind_address", format!("{text:?} is not an IP address (such as 127.0.0.1 or 0.0.0.0)"))
+            ConfigError::at(
+                "server.bind_address",
+                format!("{text:?} is not an IP address (such as 127.0.0.1 or 0.0.0.0)"),
+            )
         })?,
     };
     let port = cli.port.or(server.port).unwrap_or(d.port);
 
     let max_connections = server.max_connections.unwrap_or(d.max_connections);
     if max_connections == 0 {
-        return Err(ConfigError::at("server.max_connections", "must be at least 1"));
+        return Err(ConfigError::at(
+            "server.max_connections",
+            "must be at least 1",
+        ));
     }
     let max_frame_bytes = server.max_frame_bytes.unwrap_or(d.max_frame_bytes);
     if !(1024..=64 * 1024 * 1024).contains(&max_frame_bytes) {
-        return Err(ConfigError::at("server.max_frame_bytes", format!("must be between 1024 and 67108864 (got {max_frame_bytes})")));
+        return Err(ConfigError::at(
+            "server.max_frame_bytes",
+            format!("must be between 1024 and 67108864 (got {max_frame_bytes})"),
+        ));
     }
-    let outbound_queue_bytes = server.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes.max(4 * max_frame_bytes));
+    let outbound_queue_bytes = server
+        .outbound_queue_bytes
+        .unwrap_or(d.outbound_queue_bytes.max(4 * max_frame_bytes));
     if outbound_queue_bytes < max_frame_bytes + 4 {
         return Err(ConfigError::at(
             "server.outbound_queue_bytes",
-            format!("must hold at least one frame of server.max_frame_bytes ({} bytes)", max_frame_bytes + 4),
+            format!(
+                "must hold at least one frame of server.max_frame_bytes ({} bytes)",
+                max_frame_bytes + 4
+            ),
         ));
     }
-    let idle_timeout = seconds("server.idle_timeout_secs", server.idle_timeout_secs, d.idle_timeout, 86400.0)?;
+    let idle_timeout = seconds(
+        "server.idle_timeout_secs",
+        server.idle_timeout_secs,
+        d.idle_timeout,
+        86400.0,
+    )?;
     let tls_handshake_timeout = seconds(
         "server.tls_handshake_timeout_secs",
         server.tls_handshake_timeout_secs,
@@ -282,7 +326,8 @@ fn resolve(
     let pkcs12_path = cli.pkcs12_path.clone().or(server.pkcs12_path);
     let cert_path = cli.cert_path.clone().or(server.cert_path);
     let key_path = cli.key_path.clone().or(server.key_path);
-    let enable_tls = cli.enable_tls.or(server.enable_tls).unwrap_or(false) || cli_gave_identity(cli);
+    let enable_tls =
+        cli.enable_tls.or(server.enable_tls).unwrap_or(false) || cli_gave_identity(cli);
     let tls = if enable_tls {
         Some(match (pkcs12_path, cert_path, key_path) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -293,11 +338,23 @@ fn resolve(
             }
             (Some(path), None, None) => TlsIdentity::Pkcs12 {
                 path,
-                password: env(PKCS12_PASSWORD_ENV).or(server.pkcs12_password).unwrap_or_default(),
+                password: env(PKCS12_PASSWORD_ENV)
+                    .or(server.pkcs12_password)
+                    .unwrap_or_default(),
             },
             (None, Some(cert), Some(key)) => TlsIdentity::Pem { cert, key },
-            (None, Some(_), None) => return Err(ConfigError::at("server.key_path", "server.cert_path is set but the key is missing")),
-            (None, None, Some(_)) => return Err(ConfigError::at("server.cert_path", "server.key_path is set but the certificate is missing")),
+            (None, Some(_), None) => {
+                return Err(ConfigError::at(
+                    "server.key_path",
+                    "server.cert_path is set but the key is missing",
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::at(
+                    "server.cert_path",
+                    "server.key_path is set but the certificate is missing",
+                ));
+            }
             (None, None, None) => {
                 return Err(ConfigError::at(
                     "server.enable_tls",
@@ -309,27 +366,46 @@ fn resolve(
         None
     };
 
-    let data_dir = cli.data_dir.clone().or(file.storage.data_dir).unwrap_or(d.data_dir);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(file.storage.data_dir)
+        .unwrap_or(d.data_dir);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError::at("storage.data_dir", "must not be empty"));
     }
-    let users_file = data_dir.join(file.storage.users_file.unwrap_or_else(|| PathBuf::from("users.txt")));
+    let users_file = data_dir.join(
+        file.storage
+            .users_file
+            .unwrap_or_else(|| PathBuf::from("users.txt")),
+    );
 
     let bcrypt_cost = file.auth.bcrypt_cost.unwrap_or(d.bcrypt_cost);
     if !(4..=31).contains(&bcrypt_cost) {
-        return Err(ConfigError::at("auth.bcrypt_cost", format!("must be between 4 and 31 (got {bcrypt_cost})")));
+        return Err(ConfigError::at(
+            "auth.bcrypt_cost",
+            format!("must be between 4 and 31 (got {bcrypt_cost})"),
+        ));
     }
     let max_concurrent_hashes = match file.auth.max_concurrent_hashes {
         None | Some(0) => cores(),
         Some(n) => n,
     };
-    let ringing_timeout = seconds("calls.ringing_timeout_secs", file.calls.ringing_timeout_secs, d.ringing_timeout, 3600.0)?;
+    let ringing_timeout = seconds(
+        "calls.ringing_timeout_secs",
+        file.calls.ringing_timeout_secs,
+        d.ringing_timeout,
+        3600.0,
+    )?;
 
     let level_text = cli.log_level.clone().or(file.logging.log_level);
     let log_level = match level_text {
         None => d.log_level,
         Some(text) => log::LevelFilter::from_str(text.trim()).map_err(|_| {
-            ConfigError::at("logging.log_level", format!("{text:?} is not one of off, error, warn, info, debug, trace"))
+            ConfigError::at(
+                "logging.log_level",
+                format!("{text:?} is not one of off, error, warn, info, debug, trace"),
+            )
         })?,
     };
 
@@ -380,14 +456,30 @@ mod tests {
         let json = r#"{"server":{"bind_address":"0.0.0.0","port":9443,"max_connections":50,"enable_tls":true,
             "pkcs12_path":"certs/server.p12","pkcs12_password":"pw"},"logging":{"log_level":"debug"},
             "webrtc":{"stun_servers":["stun:x"]}}"#;
-        let cli = Overrides { port: Some(0), data_dir: Some("/tmp/d".into()), ..Overrides::default() };
+        let cli = Overrides {
+            port: Some(0),
+            data_dir: Some("/tmp/d".into()),
+            ..Overrides::default()
+        };
         let loaded = load(json, cli).unwrap();
         let c = loaded.config;
-        assert_eq!((c.bind_address.to_string(), c.port, c.max_connections), ("0.0.0.0".into(), 0, 50));
-        assert_eq!(c.tls, Some(TlsIdentity::Pkcs12 { path: "certs/server.p12".into(), password: "pw".into() }));
+        assert_eq!(
+            (c.bind_address.to_string(), c.port, c.max_connections),
+            ("0.0.0.0".into(), 0, 50)
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsIdentity::Pkcs12 {
+                path: "certs/server.p12".into(),
+                password: "pw".into()
+            })
+        );
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert_eq!(c.users_file, PathBuf::from("/tmp/d/users.txt"));
-        assert_eq!(loaded.warnings, vec!["unknown configuration key webrtc ignored"]);
+        assert_eq!(
+            loaded.warnings,
+            vec!["unknown configuration key webrtc ignored"]
+        );
     }
 
     /// Each invalid value is refused with its key named.
@@ -396,15 +488,36 @@ mod tests {
         let cases = [
             (r#"{"server":{"port":"80"}}"#, "server.port"),
             (r#"{"server":{"port":70000}}"#, "server.port"),
-            (r#"{"server":{"bind_address":"localhost:1"}}"#, "server.bind_address"),
-            (r#"{"server":{"max_connections":0}}"#, "server.max_connections"),
+            (
+                r#"{"server":{"bind_address":"localhost:1"}}"#,
+                "server.bind_address",
+            ),
+            (
+                r#"{"server":{"max_connections":0}}"#,
+                "server.max_connections",
+            ),
             (r#"{"server":{"enable_tls":true}}"#, "server.enable_tls"),
-            (r#"{"server":{"enable_tls":true,"cert_path":"c.pem"}}"#, "server.key_path"),
-            (r#"{"server":{"max_frame_bytes":10}}"#, "server.max_frame_bytes"),
-            (r#"{"server":{"outbound_queue_bytes":100}}"#, "server.outbound_queue_bytes"),
-            (r#"{"server":{"idle_timeout_secs":-1}}"#, "server.idle_timeout_secs"),
+            (
+                r#"{"server":{"enable_tls":true,"cert_path":"c.pem"}}"#,
+                "server.key_path",
+            ),
+            (
+                r#"{"server":{"max_frame_bytes":10}}"#,
+                "server.max_frame_bytes",
+            ),
+            (
+                r#"{"server":{"outbound_queue_bytes":100}}"#,
+                "server.outbound_queue_bytes",
+            ),
+            (
+                r#"{"server":{"idle_timeout_secs":-1}}"#,
+                "server.idle_timeout_secs",
+            ),
             (r#"{"auth":{"bcrypt_cost":3}}"#, "auth.bcrypt_cost"),
-            (r#"{"calls":{"ringing_timeout_secs":0}}"#, "calls.ringing_timeout_secs"),
+            (
+                r#"{"calls":{"ringing_timeout_secs":0}}"#,
+                "calls.ringing_timeout_secs",
+            ),
             (r#"{"logging":{"log_level":"loud"}}"#, "logging.log_level"),
         ];
         for (json, key) in cases {
@@ -418,9 +531,22 @@ mod tests {
     /// The PKCS#12 password can come from the environment, and describe() masks it.
     #[test]
     fn the_pkcs12_password_comes_from_the_environment_and_is_masked() {
-        let file = parse_file(r#"{"server":{"enable_tls":true,"pkcs12_path":"s.p12","pkcs12_password":"file"}}"#, &mut Vec::new()).unwrap();
-        let c = resolve(file, &Overrides::default(), |k| (k == PKCS12_PASSWORD_ENV).then(|| "env-secret".into())).unwrap();
-        assert_eq!(c.tls, Some(TlsIdentity::Pkcs12 { path: "s.p12".into(), password: "env-secret".into() }));
+        let file = parse_file(
+            r#"{"server":{"enable_tls":true,"pkcs12_path":"s.p12","pkcs12_password":"file"}}"#,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let c = resolve(file, &Overrides::default(), |k| {
+            (k == PKCS12_PASSWORD_ENV).then(|| "env-secret".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsIdentity::Pkcs12 {
+                path: "s.p12".into(),
+                password: "env-secret".into()
+            })
+        );
         assert!(!c.describe().contains("env-secret"));
     }
 }

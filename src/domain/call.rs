@@ -224,7 +224,11 @@ impl CallBook {
             self.deadlines.remove(&(deadline, id));
             Ok(Answer::Accepted(call))
         } else {
-            Ok(Answer::Declined(self.remove(id, Some(by), EndReason::Declined)))
+            Ok(Answer::Declined(self.remove(
+                id,
+                Some(by),
+                EndReason::Declined,
+            )))
         }
     }
 
@@ -289,7 +293,10 @@ impl CallBook {
     }
 
     fn remove(&mut self, id: CallId, by: Option<UserId>, reason: EndReason) -> Ended {
-        let call = self.calls.remove(&id).expect("remove is only called for a present call");
+        let call = self
+            .calls
+            .remove(&id)
+            .expect("remove is only called for a present call");
         self.by_user.remove(&call.caller);
         self.by_user.remove(&call.callee);
         if let CallPhase::Ringing { deadline } = call.phase {
@@ -301,8 +308,16 @@ impl CallBook {
     /// Checks the indexes agree; used by tests after every sequence of steps.
     pub fn check_invariants(&self) {
         let ringing = self.calls.values().filter(|c| c.is_ringing()).count();
-        assert_eq!(self.deadlines.len(), ringing, "one deadline per ringing call");
-        assert_eq!(self.by_user.len(), self.calls.len() * 2, "two users per call");
+        assert_eq!(
+            self.deadlines.len(),
+            ringing,
+            "one deadline per ringing call"
+        );
+        assert_eq!(
+            self.by_user.len(),
+            self.calls.len() * 2,
+            "two users per call"
+        );
         for (user, id) in &self.by_user {
             assert!(self.calls[id].involves(*user));
         }
@@ -336,9 +351,19 @@ mod tests {
         let call = book.ring(A, B, now + Duration::from_secs(30)).unwrap();
         assert_eq!(book.state_of(A), UserState::Busy);
         assert_eq!(book.state_of(B), UserState::Available);
-        assert_eq!(book.answer(call.id, B, true), Ok(Answer::Accepted(Call { phase: CallPhase::Active, ..call })));
+        assert_eq!(
+            book.answer(call.id, B, true),
+            Ok(Answer::Accepted(Call {
+                phase: CallPhase::Active,
+                ..call
+            }))
+        );
         assert_eq!(book.state_of(B), UserState::Busy);
-        assert_eq!(book.next_deadline(), None, "an answered call has no deadline");
+        assert_eq!(
+            book.next_deadline(),
+            None,
+            "an answered call has no deadline"
+        );
         book.check_invariants();
     }
 
@@ -360,7 +385,9 @@ mod tests {
     fn declining_ends_the_call() {
         let (mut book, now) = book();
         let call = book.ring(A, B, now).unwrap();
-        let Ok(Answer::Declined(ended)) = book.answer(call.id, B, false) else { panic!() };
+        let Ok(Answer::Declined(ended)) = book.answer(call.id, B, false) else {
+            panic!()
+        };
         assert_eq!(ended.reason, EndReason::Declined);
         assert!(book.is_empty());
         assert_eq!(book.state_of(A), UserState::Available);
@@ -375,7 +402,10 @@ mod tests {
         assert_eq!(book.answer(call.id, A, true), Err(CallError::NotCallee));
         assert_eq!(book.answer(call.id, C, true), Err(CallError::NotAParty));
         book.answer(call.id, B, true).unwrap();
-        assert_eq!(book.answer(call.id, B, true), Err(CallError::AlreadyAnswered));
+        assert_eq!(
+            book.answer(call.id, B, true),
+            Err(CallError::AlreadyAnswered)
+        );
         assert_eq!(book.answer(CallId(1), B, true), Err(CallError::NoSuchCall));
     }
 
@@ -400,10 +430,16 @@ mod tests {
         assert_eq!(book.hang_up(Some(call.id), C), Err(CallError::NotAParty));
         assert_eq!(book.hang_up(None, A).unwrap().reason, EndReason::Cancelled);
         let call = book.ring(A, B, now).unwrap();
-        assert_eq!(book.hang_up(Some(call.id), B).unwrap().reason, EndReason::Declined);
+        assert_eq!(
+            book.hang_up(Some(call.id), B).unwrap().reason,
+            EndReason::Declined
+        );
         let call = book.ring(A, B, now).unwrap();
         book.answer(call.id, B, true).unwrap();
-        assert_eq!(book.hang_up(Some(call.id), B).unwrap().reason, EndReason::HungUp);
+        assert_eq!(
+            book.hang_up(Some(call.id), B).unwrap().reason,
+            EndReason::HungUp
+        );
         assert_eq!(book.hang_up(Some(call.id), B), Err(CallError::NoSuchCall));
         assert_eq!(book.hang_up(None, B), Err(CallError::NoCurrentCall));
         book.check_invariants();
@@ -422,7 +458,10 @@ mod tests {
         assert!(book.expire(now + s(9)).is_empty());
         let ended = book.expire(now + s(15));
         assert_eq!(ended.len(), 1);
-        assert_eq!((ended[0].call.id, ended[0].reason, ended[0].by), (early.id, EndReason::Timeout, None));
+        assert_eq!(
+            (ended[0].call.id, ended[0].reason, ended[0].by),
+            (early.id, EndReason::Timeout, None)
+        );
         assert_eq!(book.next_deadline(), Some(now + s(20)));
         assert_eq!(book.expire(now + s(60))[0].call.id, late.id);
         assert_eq!(book.len(), 1);
@@ -436,7 +475,10 @@ mod tests {
         assert_eq!(book.leave(A), None);
         let call = book.ring(A, B, now).unwrap();
         let ended = book.leave(B).unwrap();
-        assert_eq!((ended.call.id, ended.reason, ended.by), (call.id, EndReason::Left, Some(B)));
+        assert_eq!(
+            (ended.call.id, ended.reason, ended.by),
+            (call.id, EndReason::Left, Some(B))
+        );
         assert!(book.is_empty());
         book.check_invariants();
     }

@@ -6,5 +6,5 @@
 pub mod call;
 pub mod user;
 
-pub use call::{Call, CallBook, CallError, CallId, CallPhase, Ended, EndReason};
+pub use call::{Call, CallBook, CallError, CallId, CallPhase, EndReason, Ended};
 pub use user::{UserId, UserState, UsernameError, validate_secret, validate_username};

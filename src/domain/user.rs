@@ -125,7 +125,10 @@ mod tests {
         assert!(validate_username("alice").is_ok());
         assert!(validate_username("Bob_the-2nd.x").is_ok());
         assert_eq!(validate_username("al"), Err(UsernameError::Length(2)));
-        assert_eq!(validate_username(&"a".repeat(33)), Err(UsernameError::Length(33)));
+        assert_eq!(
+            validate_username(&"a".repeat(33)),
+            Err(UsernameError::Length(33))
+        );
         for bad in ["ali\"ce", "ali]ce", "ali}ce", "ali|ce", "ali ce", "alicé"] {
             assert!(
                 matches!(validate_username(bad), Err(UsernameError::Character(_))),

@@ -25,8 +25,15 @@ const HEADER: &str = "# Switchboard users: id|username|bcrypt_hash|created_at (u
 /// Why users.txt could not be loaded. The daemon refuses to start on any of these.
 #[derive(Debug)]
 pub enum LoadError {
-    Io { path: PathBuf, err: io::Error },
-    Malformed { path: PathBuf, line: usize, reason: String },
+    Io {
+        path: PathBuf,
+        err: io::Error,
+    },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -69,7 +76,10 @@ impl UsersFile {
     /// # Errors
     /// I/O failures, and any malformed line other than a torn last one, with its number.
     pub fn open(path: &Path) -> Result<UsersFile, LoadError> {
-        let io_err = |err| LoadError::Io { path: path.to_path_buf(), err };
+        let io_err = |err| LoadError::Io {
+            path: path.to_path_buf(),
+            err,
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
         if !dir.as_os_str().is_empty() {
             fs::create_dir_all(dir).map_err(io_err)?;
@@ -120,7 +130,9 @@ impl UsersFile {
     fn append(&self, line: &str) -> io::Result<()> {
         let mut file = lock(&self.writer);
         let before = file.metadata()?.len();
-        let result = file.write_all(line.as_bytes()).and_then(|()| file.sync_data());
+        let result = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_data());
         if result.is_err() {
             let _ = file.set_len(before).and_then(|()| file.sync_data());
         }
@@ -131,10 +143,16 @@ impl UsersFile {
 /// Parses the whole file. Returns the index and how many bytes to keep: all of
 /// them, or all but a torn (newline-less) last line.
 fn parse(path: &Path, content: &[u8]) -> Result<(Index, usize), LoadError> {
-    let mut index = Index { next_id: 1, ..Index::default() };
+    let mut index = Index {
+        next_id: 1,
+        ..Index::default()
+    };
     let keep = match content.last() {
         None | Some(b'\n') => content.len(),
-        Some(_) => content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1),
+        Some(_) => content
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1),
     };
     for (n, raw) in content[..keep].split(|b| *b == b'\n').enumerate() {
         let line_no = n + 1;
@@ -173,7 +191,9 @@ fn parse_line(line: &str) -> Result<UserRecord, String> {
     };
     let id = UserId::parse(id).ok_or_else(|| format!("user id {id:?} is not a number"))?;
     if username.is_empty() || username.chars().any(char::is_control) {
-        return Err(format!("username {username:?} is empty or has control characters"));
+        return Err(format!(
+            "username {username:?} is empty or has control characters"
+        ));
     }
     if !(hash.len() == 60 && hash.starts_with("$2")) {
         return Err("password hash is not a bcrypt hash".into());
@@ -262,7 +282,10 @@ mod tests {
         let path = dir.path().join("users.txt");
         let store = UsersFile::open(&path).unwrap();
         let alice = store.create("Alice", HASH, 1700000000).unwrap();
-        assert!(matches!(store.create("alice", HASH, 1), Err(StoreError::Conflict)));
+        assert!(matches!(
+            store.create("alice", HASH, 1),
+            Err(StoreError::Conflict)
+        ));
         let again = UsersFile::open(&path).unwrap();
         assert_eq!(again.find_by_name("ALICE"), Some(alice.clone()));
         assert_eq!(again.find_by_id(alice.id), Some(alice));
@@ -277,7 +300,10 @@ mod tests {
         fs::write(&path, format!("# c\n1|alice|{HASH}|5\n2|bob|$2b$04$abc")).unwrap();
         let store = UsersFile::open(&path).unwrap();
         assert_eq!(store.list(), vec![(UserId(1), "alice".to_string())]);
-        assert_eq!(fs::read_to_string(&path).unwrap(), format!("# c\n1|alice|{HASH}|5\n"));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("# c\n1|alice|{HASH}|5\n")
+        );
         store.create("bob", HASH, 6).unwrap();
         assert_eq!(UsersFile::open(&path).unwrap().len(), 2);
     }
@@ -286,10 +312,22 @@ mod tests {
     #[test]
     fn malformed_lines_are_reported_with_their_number() {
         let cases = [
-            (format!("1|alice|{HASH}|5\n\n2|bob|{HASH}\n"), 3, "expected 4 fields"),
+            (
+                format!("1|alice|{HASH}|5\n\n2|bob|{HASH}\n"),
+                3,
+                "expected 4 fields",
+            ),
             (format!("x|alice|{HASH}|5\n"), 1, "not a number"),
-            (format!("1|alice|{HASH}|5\n1|bob|{HASH}|5\n"), 2, "duplicate user id"),
-            (format!("1|alice|{HASH}|5\n2|ALICE|{HASH}|5\n"), 2, "duplicate username"),
+            (
+                format!("1|alice|{HASH}|5\n1|bob|{HASH}|5\n"),
+                2,
+                "duplicate user id",
+            ),
+            (
+                format!("1|alice|{HASH}|5\n2|ALICE|{HASH}|5\n"),
+                2,
+                "duplicate username",
+            ),
             ("1|alice|plainhash|5\n".to_string(), 1, "not a bcrypt hash"),
             (format!("1|alice|{HASH}|yesterday\n"), 1, "created_at"),
         ];
@@ -298,7 +336,9 @@ mod tests {
             let path = dir.path().join("users.txt");
             fs::write(&path, &content).unwrap();
             match UsersFile::open(&path) {
-                Err(LoadError::Malformed { line: l, reason: r, .. }) => {
+                Err(LoadError::Malformed {
+                    line: l, reason: r, ..
+                }) => {
                     assert_eq!(l, line, "{content}");
                     assert!(r.contains(reason), "{r}");
                 }

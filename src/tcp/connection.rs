@@ -61,6 +61,8 @@ pub struct Connection {
     out_pos: usize,
     /// Frames remain in the outbox beyond what was taken into `outbuf`.
     queue_pending: bool,
+    /// The peer sent EOF: answer what was read, then close.
+    input_closed: bool,
     last_frame: Instant,
     closing: Option<Closing>,
 }
@@ -87,6 +89,7 @@ impl Connection {
             outbuf: Vec::new(),
             out_pos: 0,
             queue_pending: false,
+            input_closed: false,
             last_frame: Instant::now(),
             closing: None,
         }
@@ -101,7 +104,9 @@ impl Connection {
 
     /// Serves the connection until it ends.
     pub fn run(&mut self) {
-        let reason = self.serve().unwrap_or_else(|err| format!("i/o error: {err}"));
+        let reason = self
+            .serve()
+            .unwrap_or_else(|err| format!("i/o error: {err}"));
         self.transport.close();
         self.end_reason = Some(reason);
     }
@@ -127,7 +132,10 @@ impl Connection {
                 if self.closing.is_some() {
                     continue;
                 }
-                if self.unsent() < HIGH_WATER && self.transport.has_buffered_input() {
+                if !self.input_closed
+                    && self.unsent() < HIGH_WATER
+                    && self.transport.has_buffered_input()
+                {
                     if let Some(reason) = self.read_input()? {
                         return Ok(reason);
                     }
@@ -135,7 +143,8 @@ impl Connection {
                 }
             }
 
-            let reading = self.closing.is_none() && self.unsent() < HIGH_WATER;
+            let reading =
+                self.closing.is_none() && !self.input_closed && self.unsent() < HIGH_WATER;
             let mut events = PollFlags::empty();
             if reading {
                 events |= PollFlags::IN;
@@ -210,13 +219,17 @@ impl Connection {
         Ok(None)
     }
 
-    /// Reads what is available (up to a round's worth). Returns a reason on EOF.
+    /// Reads what is available (up to a round's worth). Returns a reason when
+    /// reading failed; EOF only marks the input closed.
     fn read_input(&mut self) -> io::Result<Option<String>> {
         let mut chunk = [0u8; READ_CHUNK];
         let mut total = 0;
         while total < READ_ROUND {
             match self.transport.read(&mut chunk) {
-                Ok(0) => return Ok(Some("peer closed".into())),
+                Ok(0) => {
+                    self.input_closed = true;
+                    break;
+                }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     total += n;
@@ -236,13 +249,21 @@ impl Connection {
         let mut pos = 0;
         while self.closing.is_none() && self.unsent() < HIGH_WATER {
             match frame::decode(&input[pos..], max) {
-                Ok(None) => break,
+                Ok(None) => {
+                    if self.input_closed {
+                        // Every complete frame is answered; a partial one never will be.
+                        self.start_closing("peer closed");
+                    }
+                    break;
+                }
                 Ok(Some((decoded, used))) => {
                     pos += used;
                     self.last_frame = Instant::now();
                     match decoded {
                         Decoded::Empty => self.reply_error(
-                            AppError::BadRequest("empty frame: length 0 leaves no room for the type byte".into()),
+                            AppError::BadRequest(
+                                "empty frame: length 0 leaves no room for the type byte".into(),
+                            ),
                             None,
                         ),
                         Decoded::Frame { kind, payload } => self.handle_frame(kind, payload),
@@ -263,7 +284,12 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, kind: u8, payload: &[u8]) {
-        trace!("conn={} recv type=0x{:02X} bytes={}", self.id, kind, payload.len());
+        trace!(
+            "conn={} recv type=0x{:02X} bytes={}",
+            self.id,
+            kind,
+            payload.len()
+        );
         match Request::decode(kind, payload) {
             Ok(request) => self.dispatch(request, payload.len()),
             Err(err) => self.reply_error(AppError::BadRequest(err.message), err.req_id),
@@ -286,7 +312,10 @@ impl Connection {
 
     pub(super) fn start_closing(&mut self, reason: &str) {
         if self.closing.is_none() {
-            self.closing = Some(Closing { reason: reason.into(), deadline: Instant::now() + FLUSH_GRACE });
+            self.closing = Some(Closing {
+                reason: reason.into(),
+                deadline: Instant::now() + FLUSH_GRACE,
+            });
         }
     }
 }

@@ -16,7 +16,10 @@ pub const HEADER_LEN: usize = 5;
 /// One decoded unit of the byte stream, borrowing from the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
-    Frame { kind: u8, payload: &'a [u8] },
+    Frame {
+        kind: u8,
+        payload: &'a [u8],
+    },
     /// LEN = 0: no type byte. The frame boundary is intact, so the stream goes on.
     Empty,
 }
@@ -30,7 +33,11 @@ pub struct TooLarge {
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "frame length {} exceeds the limit of {} bytes", self.declared, self.max)
+        write!(
+            f,
+            "frame length {} exceeds the limit of {} bytes",
+            self.declared, self.max
+        )
     }
 }
 
@@ -48,7 +55,10 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Decoded<'_>, usize)>
     let declared = u32::from_be_bytes(*prefix);
     let len = declared as usize;
     if len > max_len {
-        return Err(TooLarge { declared, max: max_len });
+        return Err(TooLarge {
+            declared,
+            max: max_len,
+        });
     }
     if len == 0 {
         return Ok(Some((Decoded::Empty, PREFIX_LEN)));
@@ -96,7 +106,10 @@ mod tests {
     #[test]
     fn encodes_the_documented_example() {
         assert_eq!(encode(0x05, b"{}"), [0, 0, 0, 3, 5, b'{', b'}']);
-        assert_eq!(encode_json(0x05, &serde_json::json!({})), [0, 0, 0, 3, 5, b'{', b'}']);
+        assert_eq!(
+            encode_json(0x05, &serde_json::json!({})),
+            [0, 0, 0, 3, 5, b'{', b'}']
+        );
     }
 
     /// Every prefix of two back-to-back frames is incomplete or yields exactly the first frame.
@@ -111,10 +124,19 @@ mod tests {
                 None => assert!(split < first_len, "split {split}"),
                 Some((Decoded::Frame { kind, payload }, used)) => {
                     assert!(split >= first_len);
-                    assert_eq!((kind, payload, used), (0x11, &br#"{"timestamp":1}"#[..], first_len));
+                    assert_eq!(
+                        (kind, payload, used),
+                        (0x11, &br#"{"timestamp":1}"#[..], first_len)
+                    );
                     let rest = &stream[used..];
                     let (second, used2) = decode(rest, 1024).unwrap().unwrap();
-                    assert_eq!(second, Decoded::Frame { kind: 5, payload: b"{}" });
+                    assert_eq!(
+                        second,
+                        Decoded::Frame {
+                            kind: 5,
+                            payload: b"{}"
+                        }
+                    );
                     assert_eq!(used + used2, stream.len());
                 }
                 Some((Decoded::Empty, _)) => panic!("no empty frame here"),
@@ -125,7 +147,9 @@ mod tests {
     /// Byte-at-a-time feeding reassembles the frames in order.
     #[test]
     fn byte_at_a_time_feeding_reassembles_frames() {
-        let frames: Vec<Vec<u8>> = (0..5u8).map(|i| encode(i + 1, &vec![b'x'; i as usize * 3])).collect();
+        let frames: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| encode(i + 1, &vec![b'x'; i as usize * 3]))
+            .collect();
         let stream: Vec<u8> = frames.concat();
         let mut buf = Vec::new();
         let mut seen = Vec::new();
@@ -147,14 +171,29 @@ mod tests {
         stream.extend(encode(5, b"{}"));
         let (decoded, used) = decode(&stream, 64).unwrap().unwrap();
         assert_eq!((decoded, used), (Decoded::Empty, 4));
-        assert!(matches!(decode(&stream[4..], 64), Ok(Some((Decoded::Frame { kind: 5, .. }, 7)))));
+        assert!(matches!(
+            decode(&stream[4..], 64),
+            Ok(Some((Decoded::Frame { kind: 5, .. }, 7)))
+        ));
     }
 
     /// An oversized length is refused from the prefix alone, whatever follows.
     #[test]
     fn an_oversized_length_is_refused_from_the_prefix() {
-        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff], 1 << 20), Err(TooLarge { declared: u32::MAX, max: 1 << 20 }));
-        assert_eq!(decode(&[0, 0, 0, 65], 64), Err(TooLarge { declared: 65, max: 64 }));
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff], 1 << 20),
+            Err(TooLarge {
+                declared: u32::MAX,
+                max: 1 << 20
+            })
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 65], 64),
+            Err(TooLarge {
+                declared: 65,
+                max: 64
+            })
+        );
         assert!(matches!(decode(&[0, 0, 0, 64], 64), Ok(None)));
         assert_eq!(decode(&[0, 0, 0], 64), Ok(None));
     }

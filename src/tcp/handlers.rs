@@ -95,7 +95,10 @@ impl Connection {
                         state: state.as_str().to_string(),
                     })
                     .collect();
-                Ok(Some(ServerMessage::UserListResponse(UserList { users, req_id: e.req_id })))
+                Ok(Some(ServerMessage::UserListResponse(UserList {
+                    users,
+                    req_id: e.req_id,
+                })))
             }
             Request::Call(c) => {
                 let callee = UserId::parse(&c.to_user_id)
@@ -109,33 +112,39 @@ impl Connection {
             }
             Request::SdpOffer(m) => {
                 let id = call_id(&m.call_id)?;
-                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| Signal::Offer {
-                    call_id: id,
-                    from: user,
-                    to,
-                    sdp: m.sdp,
+                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| {
+                    Signal::Offer {
+                        call_id: id,
+                        from: user,
+                        to,
+                        sdp: m.sdp,
+                    }
                 })?;
                 Ok(None)
             }
             Request::SdpAnswer(m) => {
                 let id = call_id(&m.call_id)?;
-                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| Signal::Answer {
-                    call_id: id,
-                    from: user,
-                    to,
-                    sdp: m.sdp,
+                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| {
+                    Signal::Answer {
+                        call_id: id,
+                        from: user,
+                        to,
+                        sdp: m.sdp,
+                    }
                 })?;
                 Ok(None)
             }
             Request::IceCandidate(m) => {
                 let id = call_id(&m.call_id)?;
-                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| Signal::Ice {
-                    call_id: id,
-                    from: user,
-                    to,
-                    candidate: m.candidate,
-                    sdp_mid: m.sdp_mid,
-                    sdp_mline_index: m.sdp_mline_index,
+                hub.relay(conn, user, id, named_peer(&m.to_user_id)?, |to| {
+                    Signal::Ice {
+                        call_id: id,
+                        from: user,
+                        to,
+                        candidate: m.candidate,
+                        sdp_mid: m.sdp_mid,
+                        sdp_mline_index: m.sdp_mline_index,
+                    }
                 })?;
                 Ok(None)
             }
@@ -173,12 +182,23 @@ impl Connection {
         };
         match result {
             Ok(user) => {
-                info!("login conn={} user_id={} username={}", self.id, user.id, user.username);
-                self.session = Session::Authenticated { user: user.id, username: user.username.clone() };
+                info!(
+                    "login conn={} user_id={} username={}",
+                    self.id, user.id, user.username
+                );
+                self.session = Session::Authenticated {
+                    user: user.id,
+                    username: user.username.clone(),
+                };
                 ServerMessage::LoginResponse(success(user.id, user.username, c.req_id))
             }
             Err(err) => {
-                info!("login failed conn={} username={:?} code={}", self.id, c.username, err.code());
+                info!(
+                    "login failed conn={} username={:?} code={}",
+                    self.id,
+                    c.username,
+                    err.code()
+                );
                 ServerMessage::LoginResponse(failure(err, c.req_id))
             }
         }
@@ -187,7 +207,10 @@ impl Connection {
     fn register(&mut self, c: Credentials) -> ServerMessage {
         match self.shared.auth.register(&c.username, &c.password_hash) {
             Ok(user) => {
-                info!("registered conn={} user_id={} username={}", self.id, user.id, user.username);
+                info!(
+                    "registered conn={} user_id={} username={}",
+                    self.id, user.id, user.username
+                );
                 ServerMessage::RegisterResponse(success(user.id, user.username, c.req_id))
             }
             Err(err) => ServerMessage::RegisterResponse(failure(err, c.req_id)),
@@ -220,5 +243,9 @@ fn heartbeat(h: Heartbeat) -> ServerMessage {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    ServerMessage::Heartbeat(Heartbeat { timestamp: h.timestamp, server_time: Some(now), req_id: h.req_id })
+    ServerMessage::Heartbeat(Heartbeat {
+        timestamp: h.timestamp,
+        server_time: Some(now),
+        req_id: h.req_id,
+    })
 }

@@ -95,7 +95,10 @@ pub struct DecodeError {
 fn parse_payload<T: DeserializeOwned>(kind: MessageType, text: &str) -> Result<T, String> {
     // serde would also read a struct from a JSON array; the protocol says object.
     if !text.trim_start().starts_with('{') {
-        return Err(format!("invalid {} payload: expected a JSON object", kind.name()));
+        return Err(format!(
+            "invalid {} payload: expected a JSON object",
+            kind.name()
+        ));
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -197,7 +200,10 @@ impl Request {
             return Err(fail(format!("unknown message type 0x{kind:02X}"), None));
         };
         let Ok(text) = std::str::from_utf8(payload) else {
-            return Err(fail(format!("{} payload is not valid UTF-8", kind.name()), None));
+            return Err(fail(
+                format!("{} payload is not valid UTF-8", kind.name()),
+                None,
+            ));
         };
         match Request::parse(kind, text) {
             Ok(Some(request)) => Ok(request),
@@ -211,7 +217,10 @@ impl Request {
 
     /// May be sent before LOGIN.
     pub fn allowed_anonymously(&self) -> bool {
-        matches!(self, Request::Login(_) | Request::Register(_) | Request::Heartbeat(_))
+        matches!(
+            self,
+            Request::Login(_) | Request::Register(_) | Request::Heartbeat(_)
+        )
     }
 
     pub fn req_id(&self) -> Option<&ReqId> {
@@ -243,7 +252,11 @@ impl ServerMessage {
     }
 
     pub fn error(code: u16, message: impl Into<String>, req_id: Option<ReqId>) -> ServerMessage {
-        ServerMessage::Error(ErrorMessage { code, message: message.into(), req_id })
+        ServerMessage::Error(ErrorMessage {
+            code,
+            message: message.into(),
+            req_id,
+        })
     }
 }
 
@@ -253,7 +266,9 @@ fn req_id_of(text: &str) -> Option<ReqId> {
     struct Only {
         req_id: Option<ReqId>,
     }
-    serde_json::from_str::<Only>(text).ok().and_then(|o| o.req_id)
+    serde_json::from_str::<Only>(text)
+        .ok()
+        .and_then(|o| o.req_id)
 }
 
 /// LOGIN_REQUEST and REGISTER_REQUEST.
@@ -445,19 +460,39 @@ mod tests {
     /// Every client message survives encode then decode unchanged.
     #[test]
     fn every_request_round_trips() {
-        let creds = Credentials { username: "alice".into(), password_hash: "x".into(), req_id: Some(ReqId::Text("r1".into())) };
+        let creds = Credentials {
+            username: "alice".into(),
+            password_hash: "x".into(),
+            req_id: Some(ReqId::Text("r1".into())),
+        };
         let all = vec![
             Request::Login(creds.clone()),
             Request::Register(creds),
             Request::UserList(Empty::default()),
-            Request::Call(CallRequest { to_user_id: "2".into(), req_id: None }),
-            Request::CallResponse(CallResponse { call_id: "9".into(), accepted: true, req_id: None }),
+            Request::Call(CallRequest {
+                to_user_id: "2".into(),
+                req_id: None,
+            }),
+            Request::CallResponse(CallResponse {
+                call_id: "9".into(),
+                accepted: true,
+                req_id: None,
+            }),
             Request::SdpOffer(sdp()),
             Request::SdpAnswer(sdp()),
             Request::IceCandidate(ice()),
-            Request::Hangup(Hangup { call_id: Some("9".into()), req_id: None }),
-            Request::Heartbeat(Heartbeat { timestamp: 1700000000123u64.into(), server_time: None, req_id: None }),
-            Request::Logout(Empty { req_id: Some(ReqId::Int(-4)) }),
+            Request::Hangup(Hangup {
+                call_id: Some("9".into()),
+                req_id: None,
+            }),
+            Request::Heartbeat(Heartbeat {
+                timestamp: 1700000000123u64.into(),
+                server_time: None,
+                req_id: None,
+            }),
+            Request::Logout(Empty {
+                req_id: Some(ReqId::Int(-4)),
+            }),
         ];
         for request in all {
             let frame = request.to_frame();
@@ -470,22 +505,66 @@ mod tests {
     /// Every server message survives encode then decode unchanged.
     #[test]
     fn every_server_message_round_trips() {
-        let answered = CallAnswered { call_id: "9".into(), peer_user_id: "2".into(), peer_username: "bob".into(), reason: Some("timeout".into()) };
+        let answered = CallAnswered {
+            call_id: "9".into(),
+            peer_user_id: "2".into(),
+            peer_username: "bob".into(),
+            reason: Some("timeout".into()),
+        };
         let all = vec![
-            ServerMessage::LoginResponse(AuthResponse { success: true, user_id: Some("1".into()), username: Some("alice".into()), ..Default::default() }),
-            ServerMessage::RegisterResponse(AuthResponse { success: false, error: Some("username is taken".into()), code: Some(409), ..Default::default() }),
-            ServerMessage::UserListResponse(UserList { users: vec![UserEntry { user_id: "1".into(), username: "alice".into(), state: "Available".into() }], req_id: None }),
-            ServerMessage::UserStateUpdate(UserStateUpdate { user_id: "1".into(), username: "alice".into(), state: "Busy".into() }),
-            ServerMessage::CallNotification(CallNotification { call_id: "9".into(), from_user_id: "1".into(), from_username: "alice".into() }),
-            ServerMessage::CallAccepted(CallAnswered { reason: None, ..answered.clone() }),
+            ServerMessage::LoginResponse(AuthResponse {
+                success: true,
+                user_id: Some("1".into()),
+                username: Some("alice".into()),
+                ..Default::default()
+            }),
+            ServerMessage::RegisterResponse(AuthResponse {
+                success: false,
+                error: Some("username is taken".into()),
+                code: Some(409),
+                ..Default::default()
+            }),
+            ServerMessage::UserListResponse(UserList {
+                users: vec![UserEntry {
+                    user_id: "1".into(),
+                    username: "alice".into(),
+                    state: "Available".into(),
+                }],
+                req_id: None,
+            }),
+            ServerMessage::UserStateUpdate(UserStateUpdate {
+                user_id: "1".into(),
+                username: "alice".into(),
+                state: "Busy".into(),
+            }),
+            ServerMessage::CallNotification(CallNotification {
+                call_id: "9".into(),
+                from_user_id: "1".into(),
+                from_username: "alice".into(),
+            }),
+            ServerMessage::CallAccepted(CallAnswered {
+                reason: None,
+                ..answered.clone()
+            }),
             ServerMessage::CallDeclined(answered),
             ServerMessage::SdpOffer(sdp()),
             ServerMessage::SdpAnswer(sdp()),
             ServerMessage::IceCandidate(ice()),
-            ServerMessage::Hangup(Hangup { call_id: Some("9".into()), req_id: None }),
-            ServerMessage::Heartbeat(Heartbeat { timestamp: 5.into(), server_time: Some(6), req_id: None }),
+            ServerMessage::Hangup(Hangup {
+                call_id: Some("9".into()),
+                req_id: None,
+            }),
+            ServerMessage::Heartbeat(Heartbeat {
+                timestamp: 5.into(),
+                server_time: Some(6),
+                req_id: None,
+            }),
             ServerMessage::error(409, "user is busy", Some(ReqId::Int(7))),
-            ServerMessage::LogoutResponse(LogoutResponse { success: true, error: None, req_id: None }),
+            ServerMessage::LogoutResponse(LogoutResponse {
+                success: true,
+                error: None,
+                req_id: None,
+            }),
         ];
         for message in all {
             let frame = message.to_frame();
@@ -501,8 +580,16 @@ mod tests {
     fn payloads_are_compact_json_as_v1_clients_search_it() {
         let frame = ServerMessage::UserListResponse(UserList {
             users: vec![
-                UserEntry { user_id: "1".into(), username: "alice".into(), state: "Available".into() },
-                UserEntry { user_id: "2".into(), username: "bob".into(), state: "Disconnected".into() },
+                UserEntry {
+                    user_id: "1".into(),
+                    username: "alice".into(),
+                    state: "Available".into(),
+                },
+                UserEntry {
+                    user_id: "2".into(),
+                    username: "bob".into(),
+                    state: "Disconnected".into(),
+                },
             ],
             req_id: None,
         })
@@ -511,7 +598,12 @@ mod tests {
             std::str::from_utf8(&frame[5..]).unwrap(),
             r#"{"users":[{"user_id":"1","username":"alice","state":"Available"},{"user_id":"2","username":"bob","state":"Disconnected"}]}"#
         );
-        let frame = ServerMessage::LogoutResponse(LogoutResponse { success: true, error: None, req_id: None }).to_frame();
+        let frame = ServerMessage::LogoutResponse(LogoutResponse {
+            success: true,
+            error: None,
+            req_id: None,
+        })
+        .to_frame();
         assert_eq!(&frame[5..], br#"{"success":true,"error":null}"#);
     }
 
@@ -520,15 +612,36 @@ mod tests {
     fn decode_errors_name_the_problem() {
         let err = |kind: u8, payload: &str| Request::decode(kind, payload.as_bytes()).unwrap_err();
         assert_eq!(err(0x42, "{}").message, "unknown message type 0x42");
-        assert!(err(0x08, "{").message.contains("invalid CALL_REQUEST payload"));
+        assert!(
+            err(0x08, "{")
+                .message
+                .contains("invalid CALL_REQUEST payload")
+        );
         let e = err(0x08, r#"{"to_user_id":5,"req_id":"a"}"#);
-        assert!(e.message.contains("to_user_id: invalid type: integer"), "{}", e.message);
+        assert!(
+            e.message.contains("to_user_id: invalid type: integer"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.req_id, Some(ReqId::Text("a".into())));
-        assert!(err(0x01, r#"{"username":"a"}"#).message.contains("missing field `password_hash`"));
+        assert!(
+            err(0x01, r#"{"username":"a"}"#)
+                .message
+                .contains("missing field `password_hash`")
+        );
         assert!(err(0x02, "{}").message.contains("sent by the server"));
-        assert!(err(0x05, "[]").message.contains("invalid USER_LIST_REQUEST payload"));
+        assert!(
+            err(0x05, "[]")
+                .message
+                .contains("invalid USER_LIST_REQUEST payload")
+        );
         assert!(err(0x05, "{} x").message.contains("trailing characters"));
-        assert!(Request::decode(0x05, &[0x7b, 0xff, 0x7d]).unwrap_err().message.contains("not valid UTF-8"));
+        assert!(
+            Request::decode(0x05, &[0x7b, 0xff, 0x7d])
+                .unwrap_err()
+                .message
+                .contains("not valid UTF-8")
+        );
     }
 
     /// Every code 0x01-0x14 is known by name and code, and names resolve back.

@@ -62,7 +62,11 @@ impl Outbox {
     /// If no eventfd can be created (descriptor limit).
     pub fn new(cap: usize) -> std::io::Result<Outbox> {
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Outbox { queue: Mutex::new(Queue::default()), wake, cap })
+        Ok(Outbox {
+            queue: Mutex::new(Queue::default()),
+            wake,
+            cap,
+        })
     }
 
     /// The descriptor the connection thread polls.
@@ -126,13 +130,19 @@ impl Outbox {
     pub fn take_into(&self, out: &mut Vec<u8>, budget: usize) -> Drained {
         let mut queue = lock(&self.queue);
         while out.len() < budget {
-            let Some(frame) = queue.frames.pop_front() else { break };
+            let Some(frame) = queue.frames.pop_front() else {
+                break;
+            };
             queue.bytes -= frame.len();
             out.extend_from_slice(&frame);
         }
         Drained {
             more: !queue.frames.is_empty(),
-            close: if queue.frames.is_empty() { queue.close } else { None },
+            close: if queue.frames.is_empty() {
+                queue.close
+            } else {
+                None
+            },
             slow: queue.close == Some(CloseReason::SlowConsumer),
         }
     }
@@ -164,7 +174,11 @@ pub struct Connections {
 
 impl Default for Connections {
     fn default() -> Self {
-        Connections { map: RwLock::default(), next_id: AtomicU64::new(1), encoded: AtomicU64::new(0) }
+        Connections {
+            map: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            encoded: AtomicU64::new(0),
+        }
     }
 }
 
@@ -174,15 +188,24 @@ impl Connections {
     }
 
     pub fn insert(&self, id: ConnId, outbox: Arc<Outbox>) {
-        self.map.write().unwrap_or_else(PoisonError::into_inner).insert(id, outbox);
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, outbox);
     }
 
     pub fn remove(&self, id: ConnId) {
-        self.map.write().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,7 +217,11 @@ impl Connections {
     }
 
     fn get(&self, id: ConnId) -> Option<Arc<Outbox>> {
-        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
     }
 
     fn encode(&self, message: &ServerMessage) -> Frame {
@@ -206,8 +233,13 @@ impl Connections {
     /// and has each close once that is written.
     pub fn end_all(&self, why: SessionEnd) {
         let frame = self.encode(&session_end_message(why));
-        let outboxes: Vec<Arc<Outbox>> =
-            self.map.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let outboxes: Vec<Arc<Outbox>> = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         for outbox in outboxes {
             outbox.push_final(frame.clone(), close_reason(why));
         }
@@ -237,7 +269,9 @@ impl Notifier for Connections {
 
     fn end_session(&self, conn: ConnId, why: SessionEnd) {
         match self.get(conn) {
-            Some(outbox) => outbox.push_final(self.encode(&session_end_message(why)), close_reason(why)),
+            Some(outbox) => {
+                outbox.push_final(self.encode(&session_end_message(why)), close_reason(why))
+            }
             None => warn!("session end for closed conn={conn} skipped"),
         }
     }
@@ -260,29 +294,42 @@ fn session_end_message(why: SessionEnd) -> ServerMessage {
 /// The wire form of a notice.
 pub fn notice_message(notice: Notice) -> ServerMessage {
     match notice {
-        Notice::Presence { user, username, state } => ServerMessage::UserStateUpdate(UserStateUpdate {
+        Notice::Presence {
+            user,
+            username,
+            state,
+        } => ServerMessage::UserStateUpdate(UserStateUpdate {
             user_id: user.to_string(),
             username: username.to_string(),
             state: state.as_str().to_string(),
         }),
-        Notice::IncomingCall { call_id, from } => ServerMessage::CallNotification(CallNotification {
-            call_id: call_id.to_string(),
-            from_user_id: from.id.to_string(),
-            from_username: from.username.to_string(),
-        }),
+        Notice::IncomingCall { call_id, from } => {
+            ServerMessage::CallNotification(CallNotification {
+                call_id: call_id.to_string(),
+                from_user_id: from.id.to_string(),
+                from_username: from.username.to_string(),
+            })
+        }
         Notice::CallAccepted { call_id, peer } => ServerMessage::CallAccepted(CallAnswered {
             call_id: call_id.to_string(),
             peer_user_id: peer.id.to_string(),
             peer_username: peer.username.to_string(),
             reason: None,
         }),
-        Notice::CallDeclined { call_id, peer, timed_out } => ServerMessage::CallDeclined(CallAnswered {
+        Notice::CallDeclined {
+            call_id,
+            peer,
+            timed_out,
+        } => ServerMessage::CallDeclined(CallAnswered {
             call_id: call_id.to_string(),
             peer_user_id: peer.id.to_string(),
             peer_username: peer.username.to_string(),
             reason: timed_out.then(|| "timeout".to_string()),
         }),
-        Notice::HungUp { call_id } => ServerMessage::Hangup(Hangup { call_id: Some(call_id.to_string()), req_id: None }),
+        Notice::HungUp { call_id } => ServerMessage::Hangup(Hangup {
+            call_id: Some(call_id.to_string()),
+            req_id: None,
+        }),
         Notice::Signal(signal) => signal_message(signal),
         Notice::SessionEnded(why) => session_end_message(why),
     }
@@ -290,31 +337,46 @@ pub fn notice_message(notice: Notice) -> ServerMessage {
 
 fn signal_message(signal: Signal) -> ServerMessage {
     match signal {
-        Signal::Offer { call_id, from, to, sdp } => ServerMessage::SdpOffer(Sdp {
+        Signal::Offer {
+            call_id,
+            from,
+            to,
+            sdp,
+        } => ServerMessage::SdpOffer(Sdp {
             call_id: call_id.to_string(),
             from_user_id: from.to_string(),
             to_user_id: to.to_string(),
             sdp,
             req_id: None,
         }),
-        Signal::Answer { call_id, from, to, sdp } => ServerMessage::SdpAnswer(Sdp {
+        Signal::Answer {
+            call_id,
+            from,
+            to,
+            sdp,
+        } => ServerMessage::SdpAnswer(Sdp {
             call_id: call_id.to_string(),
             from_user_id: from.to_string(),
             to_user_id: to.to_string(),
             sdp,
             req_id: None,
         }),
-        Signal::Ice { call_id, from, to, candidate, sdp_mid, sdp_mline_index } => {
-            ServerMessage::IceCandidate(IceCandidate {
-                call_id: call_id.to_string(),
-                from_user_id: from.to_string(),
-                to_user_id: to.to_string(),
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                req_id: None,
-            })
-        }
+        Signal::Ice {
+            call_id,
+            from,
+            to,
+            candidate,
+            sdp_mid,
+            sdp_mline_index,
+        } => ServerMessage::IceCandidate(IceCandidate {
+            call_id: call_id.to_string(),
+            from_user_id: from.to_string(),
+            to_user_id: to.to_string(),
+            candidate,
+            sdp_mid,
+            sdp_mline_index,
+            req_id: None,
+        }),
     }
 }
 
@@ -335,7 +397,10 @@ mod tests {
         outbox.push(Arc::from(&b"ef"[..]));
         let mut out = Vec::new();
         let drained = outbox.take_into(&mut out, 3);
-        assert_eq!((out.as_slice(), drained.more, outbox.queued_bytes()), (&b"abcd"[..], true, 2));
+        assert_eq!(
+            (out.as_slice(), drained.more, outbox.queued_bytes()),
+            (&b"abcd"[..], true, 2)
+        );
         outbox.take_into(&mut out, 100);
         assert_eq!(out, b"abcdef");
     }
@@ -362,7 +427,10 @@ mod tests {
         outbox.push_final(frame(8), CloseReason::TakenOver);
         let mut out = Vec::new();
         assert_eq!(outbox.take_into(&mut out, 1).close, None);
-        assert_eq!(outbox.take_into(&mut out, 100).close, Some(CloseReason::TakenOver));
+        assert_eq!(
+            outbox.take_into(&mut out, 100).close,
+            Some(CloseReason::TakenOver)
+        );
         assert_eq!(out.len(), 16);
     }
 }

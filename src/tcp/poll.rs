@@ -15,8 +15,13 @@ pub fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Resu
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             // Round up so a deadline a few microseconds away is not a busy loop.
-            let nanos = left.subsec_nanos().max(if left.is_zero() { 0 } else { 1_000_000 });
-            Timespec { tv_sec: left.as_secs() as i64, tv_nsec: nanos as i64 }
+            let nanos = left
+                .subsec_nanos()
+                .max(if left.is_zero() { 0 } else { 1_000_000 });
+            Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: nanos as i64,
+            }
         });
         match poll(fds, timeout.as_ref()) {
             Ok(n) => return Ok(n),

@@ -3,9 +3,9 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,11 @@ pub struct Server {
 impl Server {
     /// # Errors
     /// If bcrypt refuses the cost.
-    pub fn new(listener: TcpListener, settings: Settings, users: Arc<dyn UserStore>) -> io::Result<Server> {
+    pub fn new(
+        listener: TcpListener,
+        settings: Settings,
+        users: Arc<dyn UserStore>,
+    ) -> io::Result<Server> {
         let connections = Arc::new(Connections::default());
         let notifier: Arc<dyn Notifier> = connections.clone();
         let hub = Arc::new(Hub::new(notifier, users.clone(), settings.ringing_timeout));
@@ -184,11 +188,17 @@ impl ServerHandle {
             let _ = timer.join();
         }
         loop {
-            match self.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .done
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(()) => {}
                 Err(RecvTimeoutError::Disconnected) => return true,
                 Err(RecvTimeoutError::Timeout) => {
-                    warn!("{} connections still open at the drain deadline", self.shared.open.load(Ordering::SeqCst));
+                    warn!(
+                        "{} connections still open at the drain deadline",
+                        self.shared.open.load(Ordering::SeqCst)
+                    );
                     return false;
                 }
             }
@@ -213,7 +223,12 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>, done: Sender<()>) {
+fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    done: Sender<()>,
+) {
     for incoming in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -230,7 +245,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
             }
         }
     }
-    info!("listener stopped addr={}", listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()));
+    info!(
+        "listener stopped addr={}",
+        listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string())
+    );
 }
 
 /// Releases a connection's slot when its thread ends, however it ends.
@@ -249,7 +269,10 @@ impl Drop for Slot {
 
 fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
     let Ok(peer) = stream.peer_addr() else { return };
-    if let Err(err) = stream.set_nodelay(true).and_then(|()| stream.set_nonblocking(true)) {
+    if let Err(err) = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_nonblocking(true))
+    {
         warn!("socket setup failed peer={peer}: {err}");
         return;
     }
@@ -268,7 +291,11 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
         }
     };
     shared.connections.insert(id, outbox.clone());
-    let slot = Slot { shared: shared.clone(), id, _done: done.clone() };
+    let slot = Slot {
+        shared: shared.clone(),
+        id,
+        _done: done.clone(),
+    };
     let spawned = thread::Builder::new()
         .name(format!("conn-{id}"))
         .stack_size(CONNECTION_STACK)
@@ -283,7 +310,10 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
     let shared = slot.shared.clone();
     let id = slot.id;
     let opened = Instant::now();
-    info!("connection opened conn={id} peer={peer} tls={}", shared.tls.is_some());
+    info!(
+        "connection opened conn={id} peer={peer} tls={}",
+        shared.tls.is_some()
+    );
     let transport = match &shared.tls {
         None => Transport::Plain(stream),
         Some(acceptor) => {
@@ -313,8 +343,12 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
 
 /// Answers a client over `max_connections` with ERROR 503 and closes it.
 fn reject_full(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    warn!("connection refused peer={peer} reason=max_connections ({}) reached", shared.limits.max_connections);
-    let frame = ServerMessage::error(503, "server is at max_connections; try again later", None).to_frame();
+    warn!(
+        "connection refused peer={peer} reason=max_connections ({}) reached",
+        shared.limits.max_connections
+    );
+    let frame =
+        ServerMessage::error(503, "server is at max_connections; try again later", None).to_frame();
     let Some(acceptor) = shared.tls.clone() else {
         // A fresh socket's send buffer takes these few bytes at once.
         let _ = stream.write_all(&frame);
@@ -331,7 +365,8 @@ fn reject_full(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
         .name("reject".into())
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
-            let deadline = Instant::now() + shared.limits.handshake_timeout.min(Duration::from_secs(2));
+            let deadline =
+                Instant::now() + shared.limits.handshake_timeout.min(Duration::from_secs(2));
             if let Ok(mut tls) = accept_tls(&acceptor, stream, deadline, None) {
                 let _ = tls.write_all(&frame);
                 let _ = tls.shutdown();

@@ -9,20 +9,30 @@ use native_tls::{Identity, Protocol, TlsAcceptor};
 /// Where the server's certificate and key come from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum TlsIdentity {
-    Pkcs12 { path: PathBuf, password: String },
+    Pkcs12 {
+        path: PathBuf,
+        password: String,
+    },
     /// A PEM certificate (chain) and a PKCS#8 PEM private key.
-    Pem { cert: PathBuf, key: PathBuf },
+    Pem {
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TlsIdentity::Pkcs12 { path, .. } => {
-                f.debug_struct("Pkcs12").field("path", path).field("password", &"***").finish()
-            }
-            TlsIdentity::Pem { cert, key } => {
-                f.debug_struct("Pem").field("cert", cert).field("key", key).finish()
-            }
+            TlsIdentity::Pkcs12 { path, .. } => f
+                .debug_struct("Pkcs12")
+                .field("path", path)
+                .field("password", &"***")
+                .finish(),
+            TlsIdentity::Pem { cert, key } => f
+                .debug_struct("Pem")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
         }
     }
 }

@@ -105,7 +105,9 @@ pub fn accept_tls(
     loop {
         match attempt {
             Ok(tls) => return Ok(tls),
-            Err(HandshakeError::Failure(err)) => return Err(HandshakeFailure::Failed(err.to_string())),
+            Err(HandshakeError::Failure(err)) => {
+                return Err(HandshakeFailure::Failed(err.to_string()));
+            }
             Err(HandshakeError::WouldBlock(mid)) => {
                 // A handshake waits on the peer's next flight; the socket's send
                 // buffer always holds the server's own few kilobytes.

@@ -1,0 +1,383 @@
+//! Helpers every integration test shares: a real server on port 0, a client that
+//! speaks frames over TCP or TLS, certificates made at test time, and a runner
+//! for the daemon binary.
+
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod daemon;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard::application::UserStore;
+use switchboard::config::Config;
+use switchboard::infrastructure::UsersFile;
+use switchboard::tcp::{Limits, MessageType, Server, ServerHandle, ServerStats, Settings};
+
+/// How long a test waits for a frame before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process, on 127.0.0.1 and a free port, over its own data directory.
+pub struct TestServer {
+    pub handle: Option<ServerHandle>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+/// The configuration tests start from: loopback, port 0, cheap bcrypt.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        port: 0,
+        data_dir: dir.to_path_buf(),
+        users_file: dir.join("users.txt"),
+        bcrypt_cost: 4,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// Starts with the test configuration changed by `tweak`.
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let handle = switchboard::daemon::start(&config).expect("server starts");
+        TestServer {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+            dir,
+            config,
+        }
+    }
+
+    /// Starts over `dir` again (a restart), with the same configuration.
+    pub fn restart(mut self) -> TestServer {
+        if let Some(handle) = self.handle.take() {
+            assert!(handle.shutdown(Duration::from_secs(5)), "server drained");
+        }
+        let handle = switchboard::daemon::start(&self.config).expect("server restarts");
+        self.addr = handle.local_addr();
+        self.handle = Some(handle);
+        self
+    }
+
+    /// Starts a server on a store the test provides (to inject faults).
+    pub fn start_with_store(
+        wrap: impl FnOnce(Arc<dyn UserStore>) -> Arc<dyn UserStore>,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = test_config(dir.path());
+        let store: Arc<dyn UserStore> =
+            Arc::new(UsersFile::open(&config.users_file).expect("store"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let settings = Settings {
+            limits: Limits {
+                max_connections: config.max_connections,
+                max_frame: config.max_frame_bytes,
+                idle_timeout: config.idle_timeout,
+                handshake_timeout: config.tls_handshake_timeout,
+                outbound_queue_bytes: config.outbound_queue_bytes,
+            },
+            ringing_timeout: config.ringing_timeout,
+            bcrypt_cost: config.bcrypt_cost,
+            hash_concurrency: 2,
+            tls: None,
+        };
+        let handle = Server::new(listener, settings, wrap(store))
+            .expect("server")
+            .start()
+            .expect("start");
+        TestServer {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+            dir,
+            config,
+        }
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.handle.as_ref().expect("running").stats()
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.config.users_file.clone()
+    }
+
+    /// Waits until the server holds exactly `open` connections and nothing else:
+    /// the check that disconnects leave nothing behind.
+    pub fn wait_until_clean(&self, open: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats();
+            if s.open_connections == open
+                && s.registered_outboxes == open
+                && s.calls == 0
+                && s.online_users <= open
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server still holds state: {s:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Registers and logs in a new user; returns the client and its user id.
+    pub fn user(&self, name: &str) -> (Client, String) {
+        let mut c = self.client();
+        let id = c.register(name, "secret");
+        c.login_ok(name, "secret");
+        (c, id)
+    }
+}
+
+/// One received frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub kind: u8,
+    pub body: Value,
+    pub raw: Vec<u8>,
+}
+
+impl Frame {
+    pub fn name(&self) -> &'static str {
+        MessageType::from_code(self.kind).map_or("?", MessageType::name)
+    }
+
+    pub fn str(&self, key: &str) -> &str {
+        self.body[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing in {} {}", self.name(), self.body))
+    }
+}
+
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A protocol client for tests, blocking with timeouts.
+pub struct Client {
+    stream: Box<dyn Stream>,
+    tcp: TcpStream,
+    /// Frames read while looking for another type, in arrival order.
+    pub skipped: Vec<Frame>,
+}
+
+pub fn encode(kind: MessageType, body: &Value) -> Vec<u8> {
+    switchboard::tcp::frame::encode(kind.code(), body.to_string().as_bytes())
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp.set_nodelay(true).expect("nodelay");
+        Client {
+            stream: Box::new(tcp.try_clone().expect("clone")),
+            tcp,
+            skipped: Vec::new(),
+        }
+    }
+
+    pub fn tls(addr: SocketAddr, ca_pem: &[u8]) -> Client {
+        Client::try_tls(addr, ca_pem).expect("TLS handshake")
+    }
+
+    pub fn try_tls(addr: SocketAddr, ca_pem: &[u8]) -> Result<Client, String> {
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(WAIT))
+            .map_err(|e| e.to_string())?;
+        let connector = native_tls::TlsConnector::builder()
+            .add_root_certificate(
+                native_tls::Certificate::from_pem(ca_pem).map_err(|e| e.to_string())?,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect("localhost", tcp.try_clone().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            stream: Box::new(tls),
+            tcp,
+            skipped: Vec::new(),
+        })
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+        self.stream.flush().expect("flush");
+    }
+
+    pub fn send(&mut self, kind: MessageType, body: Value) {
+        self.send_raw(&encode(kind, &body));
+    }
+
+    /// The next frame, or the I/O error (timeout, EOF).
+    pub fn try_next(&mut self) -> io::Result<Frame> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len >= 1, "server sent LEN 0");
+        let mut rest = vec![0u8; len];
+        self.stream.read_exact(&mut rest)?;
+        let body = serde_json::from_slice(&rest[1..]).expect("server payload is JSON");
+        let mut raw = (len as u32).to_be_bytes().to_vec();
+        raw.extend_from_slice(&rest);
+        Ok(Frame {
+            kind: rest[0],
+            body,
+            raw,
+        })
+    }
+
+    pub fn next(&mut self) -> Frame {
+        if !self.skipped.is_empty() {
+            return self.skipped.remove(0);
+        }
+        self.try_next().expect("a frame from the server")
+    }
+
+    /// The next frame of type `kind`; frames of other types are kept in `skipped`.
+    pub fn expect(&mut self, kind: MessageType) -> Frame {
+        if let Some(i) = self.skipped.iter().position(|f| f.kind == kind.code()) {
+            return self.skipped.remove(i);
+        }
+        loop {
+            let frame = self.try_next().unwrap_or_else(|e| {
+                panic!(
+                    "waiting for {}: {e}; skipped so far: {:?}",
+                    kind.name(),
+                    self.skipped
+                )
+            });
+            if frame.kind == kind.code() {
+                return frame;
+            }
+            self.skipped.push(frame);
+        }
+    }
+
+    /// The next ERROR, checking its code.
+    pub fn expect_error(&mut self, code: u64) -> Frame {
+        let frame = self.expect(MessageType::Error);
+        assert_eq!(frame.body["code"], code, "ERROR {}", frame.body);
+        frame
+    }
+
+    /// Waits for a USER_STATE_UPDATE saying `user_id` is now `state`.
+    pub fn expect_state(&mut self, user_id: &str, state: &str) {
+        loop {
+            let f = self.expect(MessageType::UserStateUpdate);
+            if f.str("user_id") == user_id && f.str("state") == state {
+                return;
+            }
+        }
+    }
+
+    /// A HEARTBEAT round trip. The connection answers in order, so every answer
+    /// to what was sent before has arrived once this returns; they are returned,
+    /// without presence updates.
+    pub fn barrier(&mut self) -> Vec<Frame> {
+        self.send(MessageType::Heartbeat, json!({"timestamp": 424242}));
+        let mut before = Vec::new();
+        loop {
+            let f = self.next();
+            if f.kind == MessageType::Heartbeat.code() && f.body["timestamp"] == 424242 {
+                return before;
+            }
+            if f.kind != MessageType::UserStateUpdate.code() {
+                before.push(f);
+            }
+        }
+    }
+
+    /// Like [`Client::barrier`], but returns every frame, presence updates included.
+    pub fn barrier_all(&mut self) -> Vec<Frame> {
+        self.send(MessageType::Heartbeat, json!({"timestamp": 434343}));
+        let mut before = Vec::new();
+        loop {
+            let f = self.next();
+            if f.kind == MessageType::Heartbeat.code() && f.body["timestamp"] == 434343 {
+                return before;
+            }
+            before.push(f);
+        }
+    }
+
+    /// Registers and returns the new user id.
+    pub fn register(&mut self, name: &str, secret: &str) -> String {
+        self.send(
+            MessageType::RegisterRequest,
+            json!({"username": name, "password_hash": secret}),
+        );
+        let f = self.expect(MessageType::RegisterResponse);
+        assert_eq!(f.body["success"], true, "register {name}: {}", f.body);
+        f.str("user_id").to_string()
+    }
+
+    pub fn login(&mut self, name: &str, secret: &str) -> Frame {
+        self.send(
+            MessageType::LoginRequest,
+            json!({"username": name, "password_hash": secret}),
+        );
+        self.expect(MessageType::LoginResponse)
+    }
+
+    pub fn login_ok(&mut self, name: &str, secret: &str) {
+        let f = self.login(name, secret);
+        assert_eq!(f.body["success"], true, "login {name}: {}", f.body);
+    }
+
+    /// True once the server has closed the connection (EOF or reset), reading
+    /// and discarding whatever frames come first.
+    pub fn is_closed_by_server(&mut self) -> bool {
+        loop {
+            match self.try_next() {
+                Ok(frame) => self.skipped.push(frame),
+                Err(e) => {
+                    return matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Closes without a goodbye (a lost connection).
+    pub fn drop_connection(self) {
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Sets up a call from `a` to `b` and has `b` accept it; returns the call id.
+pub fn connect_call(a: &mut Client, b: &mut Client, b_id: &str) -> String {
+    a.send(MessageType::CallRequest, json!({"to_user_id": b_id}));
+    let call_id = b
+        .expect(MessageType::CallNotification)
+        .str("call_id")
+        .to_string();
+    b.send(
+        MessageType::CallResponse,
+        json!({"call_id": call_id, "accepted": true}),
+    );
+    let accepted = a.expect(MessageType::CallAccepted);
+    assert_eq!(accepted.str("call_id"), call_id);
+    call_id
+}

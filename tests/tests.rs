@@ -1,0 +1,12 @@
+//! Integration tests: a real server on port 0, real sockets, real TLS.
+//! One binary with modules keeps link time down.
+
+mod support;
+
+mod bad_input;
+mod binary;
+mod calls;
+mod persistence;
+mod protocol;
+mod sessions;
+mod tls;

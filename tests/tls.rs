@@ -1,0 +1,160 @@
+//! TLS for real: certificates made at test time, PKCS#12 and PEM identities.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::tcp::{MessageType as T, TlsIdentity};
+
+use crate::support::certs;
+use crate::support::daemon::{Daemon, run_to_exit};
+use crate::support::{Client, TestServer, connect_call};
+
+/// A whole v1 session over TLS with the reference's PKCS#12 identity:
+/// register, login, list, call, SDP and ICE relay, hangup.
+#[test]
+fn a_whole_call_over_tls_with_a_pkcs12_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let identity = TlsIdentity::Pkcs12 {
+        path: certs.pkcs12.clone(),
+        password: certs.pkcs12_password.clone(),
+    };
+    let server = TestServer::start_with(|c| c.tls = Some(identity));
+    let mut alice = Client::tls(server.addr, &certs.ca_pem);
+    alice.register("alice", "pw");
+    alice.login_ok("alice", "pw");
+    let mut bob = Client::tls(server.addr, &certs.ca_pem);
+    let bob_id = bob.register("bob", "pw");
+    bob.login_ok("bob", "pw");
+    bob.send(T::UserListRequest, json!({}));
+    assert_eq!(
+        bob.expect(T::UserListResponse).body["users"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    let sdp = "v=0\r\n".repeat(10_000);
+    alice.send(T::SdpOffer, json!({"call_id": call_id, "sdp": sdp}));
+    assert_eq!(bob.expect(T::SdpOffer).str("sdp"), sdp);
+    bob.send(
+        T::IceCandidate,
+        json!({"call_id": call_id, "candidate": "c", "sdp_mid": "0", "sdp_mline_index": 0}),
+    );
+    alice.expect(T::IceCandidate);
+    alice.send(T::Hangup, json!({"call_id": call_id}));
+    bob.expect(T::Hangup);
+}
+
+/// A PEM certificate with a PKCS#8 key works as well.
+#[test]
+fn a_pem_identity_serves_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let identity = TlsIdentity::Pem {
+        cert: certs.cert_pem.clone(),
+        key: certs.key_pem.clone(),
+    };
+    let server = TestServer::start_with(|c| c.tls = Some(identity));
+    let mut c = Client::tls(server.addr, &certs.ca_pem);
+    c.register("alice", "pw");
+    c.login_ok("alice", "pw");
+}
+
+/// A plain-TCP client on the TLS port is closed, never answered in the clear.
+#[test]
+fn a_plain_client_on_the_tls_port_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let identity = TlsIdentity::Pkcs12 {
+        path: certs.pkcs12.clone(),
+        password: certs.pkcs12_password.clone(),
+    };
+    let server = TestServer::start_with(|c| c.tls = Some(identity));
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(&crate::support::encode(
+            T::Heartbeat,
+            &json!({"timestamp": 1}),
+        ))
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    // Whatever came back (a TLS alert at most) is not a v1 frame.
+    assert!(buf.len() < 5 || buf[4] != T::Heartbeat.code(), "{buf:02x?}");
+    server.wait_until_clean(0);
+}
+
+/// A client that never finishes the handshake is closed at the handshake timeout.
+#[test]
+fn a_stalled_handshake_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let identity = TlsIdentity::Pkcs12 {
+        path: certs.pkcs12.clone(),
+        password: certs.pkcs12_password.clone(),
+    };
+    let server = TestServer::start_with(|c| {
+        c.tls = Some(identity);
+        c.tls_handshake_timeout = Duration::from_millis(300);
+    });
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        stalled.read(&mut buf).unwrap_or(0),
+        0,
+        "closed without a byte"
+    );
+    server.wait_until_clean(0);
+    // Meanwhile, and after, TLS clients are served.
+    Client::tls(server.addr, &certs.ca_pem).barrier();
+}
+
+/// The daemon binary serves TLS from --pkcs12 with the password from the environment.
+#[test]
+fn the_daemon_serves_tls_from_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let data = dir.path().join("data");
+    let args = [
+        "--port",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--pkcs12",
+        certs.pkcs12.to_str().unwrap(),
+    ];
+    let daemon = Daemon::start(
+        &args,
+        &[("SWITCHBOARD_PKCS12_PASSWORD", &certs.pkcs12_password)],
+        dir.path(),
+    );
+    let mut c = Client::tls(daemon.addr, &certs.ca_pem);
+    c.register("alice", "pw");
+}
+
+/// A wrong PKCS#12 password refuses the start before binding, naming the key; exit code 2.
+#[test]
+fn a_wrong_pkcs12_password_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let (code, stdout, stderr) = run_to_exit(&[
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--pkcs12",
+        certs.pkcs12.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("server.pkcs12_path"), "{stderr}");
+    assert!(stdout.is_empty());
+}
