@@ -258,3 +258,45 @@ fn answers_are_written_even_after_the_client_stops_sending() {
     assert_eq!(c.expect(T::RegisterResponse).body["success"], true);
     assert_eq!(c.expect(T::Heartbeat).body["timestamp"], 1);
 }
+
+/// A client that stops reading while its peer floods ICE at it overflows its
+/// outbound queue and is disconnected; the flooder is told HANGUP, and an
+/// unrelated pair keeps talking throughout.
+#[test]
+fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
+    let server = TestServer::start_with(|c| {
+        c.max_frame_bytes = 16 * 1024;
+        c.outbound_queue_bytes = 64 * 1024;
+    });
+    let (mut flooder, _) = server.user("flooder");
+    let (mut sleeper, sleeper_id) = server.user("sleeper");
+    let (mut carol, _) = server.user("carol");
+    let (mut dave, dave_id) = server.user("dave");
+    let call_id = connect_call(&mut flooder, &mut sleeper, &sleeper_id);
+    let other_call = connect_call(&mut carol, &mut dave, &dave_id);
+    // From here the sleeper never reads. The flood is written on another thread
+    // so this one can keep reading the flooder's side.
+    let mut out = flooder.tcp().try_clone().unwrap();
+    let candidate = "a".repeat(8 * 1024);
+    let writer = std::thread::spawn(move || {
+        let frame = crate::support::encode(
+            T::IceCandidate,
+            &json!({"call_id": call_id, "candidate": candidate, "sdp_mid": "0", "sdp_mline_index": 0}),
+        );
+        // Far more than every socket buffer between here and the sleeper can hold.
+        for _ in 0..4000 {
+            if out.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    });
+    flooder.expect(T::Hangup);
+    carol.send(T::IceCandidate, json!({"call_id": other_call, "candidate": "still here", "sdp_mid": "0", "sdp_mline_index": 0}));
+    assert_eq!(dave.expect(T::IceCandidate).str("candidate"), "still here");
+    writer.join().unwrap();
+    assert!(
+        sleeper.is_closed_by_server(),
+        "the sleeper was disconnected"
+    );
+    assert_eq!(server.stats().online_users, 3);
+}

@@ -224,11 +224,9 @@ impl CallBook {
             self.deadlines.remove(&(deadline, id));
             Ok(Answer::Accepted(call))
         } else {
-            Ok(Answer::Declined(self.remove(
-                id,
-                Some(by),
-                EndReason::Declined,
-            )))
+            self.remove(id, Some(by), EndReason::Declined)
+                .map(Answer::Declined)
+                .ok_or(CallError::NoSuchCall)
         }
     }
 
@@ -265,13 +263,14 @@ impl CallBook {
             (true, false) => EndReason::Declined,
             (false, _) => EndReason::HungUp,
         };
-        Ok(self.remove(id, Some(by), reason))
+        self.remove(id, Some(by), reason)
+            .ok_or(CallError::NoSuchCall)
     }
 
     /// Ends the call of a user who went away, if they had one.
     pub fn leave(&mut self, user: UserId) -> Option<Ended> {
         let id = *self.by_user.get(&user)?;
-        Some(self.remove(id, Some(user), EndReason::Left))
+        self.remove(id, Some(user), EndReason::Left)
     }
 
     /// Ends every call still ringing at `now`.
@@ -283,7 +282,7 @@ impl CallBook {
             .map(|(_, id)| *id)
             .collect();
         due.into_iter()
-            .map(|id| self.remove(id, None, EndReason::Timeout))
+            .filter_map(|id| self.remove(id, None, EndReason::Timeout))
             .collect()
     }
 
@@ -292,17 +291,14 @@ impl CallBook {
         self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
-    fn remove(&mut self, id: CallId, by: Option<UserId>, reason: EndReason) -> Ended {
-        let call = self
-            .calls
-            .remove(&id)
-            .expect("remove is only called for a present call");
+    fn remove(&mut self, id: CallId, by: Option<UserId>, reason: EndReason) -> Option<Ended> {
+        let call = self.calls.remove(&id)?;
         self.by_user.remove(&call.caller);
         self.by_user.remove(&call.callee);
         if let CallPhase::Ringing { deadline } = call.phase {
             self.deadlines.remove(&(deadline, id));
         }
-        Ended { call, by, reason }
+        Some(Ended { call, by, reason })
     }
 
     /// Checks the indexes agree; used by tests after every sequence of steps.
