@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use log::{info, warn};
 
+use crate::admin::{self, AdminHandle};
 use crate::application::UserStore;
 use crate::config::Config;
-use crate::infrastructure::{LoadError, UsersFile};
+use crate::infrastructure::{DataDirLock, LoadError, LockError, UsersFile};
 use crate::tcp::{Limits, Server, ServerHandle, Settings, TlsError, build_acceptor};
 
 /// Why the daemon did not start. [`StartError::exit_code`] maps it to the
@@ -19,6 +20,8 @@ pub enum StartError {
     Tls(TlsError),
     /// users.txt is unreadable or malformed.
     Data(LoadError),
+    /// Another process holds the data directory.
+    Locked(LockError),
     /// The address could not be bound.
     Bind {
         addr: SocketAddr,
@@ -32,7 +35,10 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Tls(_) => 2,
-            StartError::Data(_) | StartError::Bind { .. } | StartError::Io(_) => 1,
+            StartError::Data(_)
+            | StartError::Locked(_)
+            | StartError::Bind { .. }
+            | StartError::Io(_) => 1,
         }
     }
 }
@@ -42,6 +48,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Data(e) => write!(f, "cannot load users: {e}"),
+            StartError::Locked(e) => write!(f, "cannot use the data directory: {e}"),
             StartError::Bind { addr, err } => write!(f, "cannot listen on {addr}: {err}"),
             StartError::Io(e) => write!(f, "cannot start: {e}"),
         }
@@ -50,11 +57,46 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Loads the TLS identity and users.txt, binds, and starts serving.
+/// A running daemon: the server, the admin listener if configured, and the
+/// data-directory lock, held until it stops.
+pub struct Running {
+    pub server: ServerHandle,
+    pub admin: Option<AdminHandle>,
+    _lock: DataDirLock,
+}
+
+impl Running {
+    /// Assembles a running daemon from its parts (tests build servers on their own stores).
+    pub fn new(server: ServerHandle, admin: Option<AdminHandle>, lock: DataDirLock) -> Running {
+        Running {
+            server,
+            admin,
+            _lock: lock,
+        }
+    }
+
+    /// Drains (see [`ServerHandle::shutdown`]) and releases everything.
+    /// Returns whether every connection closed within `drain`.
+    pub fn shutdown(self, drain: std::time::Duration) -> bool {
+        // The admin listener stays up while draining, so /healthz says 503.
+        let Running {
+            server,
+            admin,
+            _lock,
+        } = self;
+        let clean = server.shutdown(drain);
+        drop(admin);
+        clean
+    }
+}
+
+/// Takes the data directory, loads the TLS identity and users.txt, binds, and
+/// starts serving (and the admin listener, if configured).
 ///
 /// # Errors
 /// See [`StartError`]; nothing is bound unless everything before it succeeded.
-pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+pub fn start(config: &Config) -> Result<Running, StartError> {
+    let lock = DataDirLock::acquire(&config.data_dir).map_err(StartError::Locked)?;
     let tls = match &config.tls {
         Some(identity) => Some(build_acceptor(identity).map_err(StartError::Tls)?),
         None => None,
@@ -78,9 +120,34 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         tls,
     };
     let server = Server::new(listener, settings, users).map_err(StartError::Io)?;
-    let handle = server.start().map_err(StartError::Io)?;
-    info!("serving {}", config.describe());
-    Ok(handle)
+    let server = server.start().map_err(StartError::Io)?;
+    let admin = match config.admin_bind {
+        Some(addr) => Some(
+            admin::start(addr, server.observer()).map_err(|err| StartError::Bind { addr, err })?,
+        ),
+        None => None,
+    };
+    info!("serving {}", config.describe().replace('\n', " "));
+    Ok(Running {
+        server,
+        admin,
+        _lock: lock,
+    })
+}
+
+/// Reloads the TLS identity from disk for new handshakes (SIGHUP). On failure
+/// the current identity stays in use.
+///
+/// # Errors
+/// If TLS is off or the files do not load.
+pub fn reload_tls(config: &Config, running: &Running) -> Result<(), TlsError> {
+    let Some(identity) = &config.tls else {
+        return Err(TlsError("TLS is not enabled; nothing to reload".into()));
+    };
+    let acceptor = build_acceptor(identity)?;
+    running.server.replace_tls(acceptor);
+    info!("TLS identity reloaded; new handshakes use it");
+    Ok(())
 }
 
 /// Each connection holds two descriptors (socket and eventfd).

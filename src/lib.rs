@@ -18,9 +18,13 @@
 //! Dependencies point inward: tcp -> application -> domain; infrastructure
 //! implements the application's ports.
 
+pub mod admin;
 pub mod application;
 pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod infrastructure;
+pub mod metrics;
+pub mod secret;
+pub mod systemd;
 pub mod tcp;

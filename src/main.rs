@@ -3,18 +3,26 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use log::warn;
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
+use switchboard::application::{Authenticator, PasswordHasher, UserStore};
 use switchboard::config::{Config, Overrides};
-use switchboard::daemon;
+use switchboard::infrastructure::{DataDirLock, UsersFile};
+use switchboard::{daemon, secret, systemd, tcp};
 
 const EXIT_HELP: &str = "\
 Exit codes:
-  0  stopped normally
-  1  could not start or keep running (data file, bind, I/O)
-  2  invalid configuration or usage";
+  0  success (for serve: stopped by SIGTERM/SIGINT after draining)
+  1  could not start or keep running, or an operation failed (data file, bind,
+     data directory held by a running daemon, no such user)
+  2  invalid configuration or usage
+
+Signals (serve): SIGTERM/SIGINT drain and exit; SIGHUP reloads the TLS identity.";
 
 /// Signaling daemon, wire-compatible with RoomRTC protocol v1.0.
 #[derive(Parser, Debug)]
@@ -50,13 +58,56 @@ struct Cli {
     /// PKCS#8 PEM private key for --cert.
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Serve /healthz and /metrics over HTTP on IP:PORT (admin.bind_address).
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    admin_bind: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve clients (the default).
     Serve,
+    /// Validate the configuration (TLS identity included) and print it, secrets masked.
+    CheckConfig,
+    /// Manage users in users.txt; refused while a daemon uses the data directory.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
 }
+
+#[derive(clap::Args, Debug)]
+struct PasswordArgs {
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// The password itself. Visible to other local users in the process list:
+    /// prefer --password-file, SWITCHBOARD_PASSWORD or the prompt.
+    #[arg(long)]
+    password: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Register a user (the password is the secret clients send as password_hash).
+    Add {
+        username: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete a user.
+    Del { username: String },
+    /// List users: id, username, created_at (Unix seconds).
+    List,
+    /// Set a user's password.
+    Passwd {
+        username: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+type Failure = (u8, String);
 
 fn main() -> ExitCode {
     match try_main() {
@@ -68,7 +119,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main() -> Result<(), (u8, String)> {
+fn try_main() -> Result<(), Failure> {
     let cli = Cli::parse();
     let overrides = Overrides {
         bind_address: cli.bind,
@@ -79,6 +130,7 @@ fn try_main() -> Result<(), (u8, String)> {
         pkcs12_path: cli.pkcs12,
         cert_path: cli.cert,
         key_path: cli.key,
+        admin_bind: cli.admin_bind,
     };
     let loaded = Config::load(cli.config.as_deref(), &overrides, |k| std::env::var(k).ok())
         .map_err(|e| (2, format!("invalid configuration: {e}")))?;
@@ -89,17 +141,118 @@ fn try_main() -> Result<(), (u8, String)> {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
+    let config = loaded.config;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&loaded.config),
+        Command::Serve => serve(&config),
+        Command::CheckConfig => check_config(&config),
+        Command::User { action } => user(&config, action),
     }
 }
 
-fn serve(config: &Config) -> Result<(), (u8, String)> {
-    let mut handle = daemon::start(config).map_err(|e| (e.exit_code() as u8, e.to_string()))?;
-    // Scripts and tests read the chosen address from this line.
+fn serve(config: &Config) -> Result<(), Failure> {
+    // Registered before anything starts, so a signal during start-up is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| (1, format!("cannot handle signals: {e}")))?;
+    let running = daemon::start(config).map_err(|e| (e.exit_code() as u8, e.to_string()))?;
+    // Scripts and tests read the chosen addresses from these lines.
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on {}", handle.local_addr());
+    let _ = writeln!(stdout, "listening on {}", running.server.local_addr());
+    if let Some(admin) = &running.admin {
+        let _ = writeln!(stdout, "admin listening on {}", admin.local_addr());
+    }
     let _ = stdout.flush();
-    handle.wait();
+    if let Err(err) = systemd::notify("READY=1") {
+        warn!("cannot notify the service manager: {err}");
+    }
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            if let Err(err) = daemon::reload_tls(config, &running) {
+                error!("SIGHUP: {err}");
+            }
+            continue;
+        }
+        info!(
+            "received {}; draining for up to {:?}",
+            if signal == SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            },
+            config.drain_timeout
+        );
+        break;
+    }
+    let _ = systemd::notify("STOPPING=1");
+    if running.shutdown(config.drain_timeout) {
+        info!("stopped; every connection closed");
+    } else {
+        warn!("stopped at the drain deadline with connections still open");
+    }
+    Ok(())
+}
+
+fn check_config(config: &Config) -> Result<(), Failure> {
+    if let Some(identity) = &config.tls {
+        tcp::build_acceptor(identity).map_err(|e| (2, format!("invalid configuration: {e}")))?;
+    }
+    println!("{}", config.describe());
+    println!("# configuration is valid");
+    Ok(())
+}
+
+fn user(config: &Config, action: UserAction) -> Result<(), Failure> {
+    let _lock = DataDirLock::acquire(&config.data_dir).map_err(|e| (1, e.to_string()))?;
+    let store = Arc::new(UsersFile::open(&config.users_file).map_err(|e| (1, e.to_string()))?);
+    let hasher = || {
+        PasswordHasher::new(config.bcrypt_cost, 1, Arc::default()).map_err(|e| (2, e.to_string()))
+    };
+    let read = |p: &PasswordArgs| {
+        secret::read_password(
+            p.password_file.as_deref(),
+            p.password.as_deref(),
+            "Password: ",
+        )
+        .map_err(|e| (2, e.to_string()))
+    };
+    match action {
+        UserAction::Add { username, password } => {
+            let secret = read(&password)?;
+            let auth = Authenticator::new(store.clone(), hasher()?);
+            let user = auth
+                .register(&username, &secret)
+                .map_err(|e| (if e.code() == 400 { 2 } else { 1 }, e.to_string()))?;
+            println!("added user_id={} username={}", user.id, user.username);
+        }
+        UserAction::Del { username } => match store.delete(&username) {
+            Ok(Some(user)) => println!("deleted user_id={} username={}", user.id, user.username),
+            Ok(None) => return Err((1, format!("no such user: {username}"))),
+            Err(e) => return Err((1, format!("cannot rewrite {}: {e}", store.path().display()))),
+        },
+        UserAction::List => {
+            for (id, _) in store.list() {
+                if let Some(u) = store.find_by_id(id) {
+                    println!("{}\t{}\t{}", u.id, u.username, u.created_at);
+                }
+            }
+        }
+        UserAction::Passwd { username, password } => {
+            if store.find_by_name(&username).is_none() {
+                return Err((1, format!("no such user: {username}")));
+            }
+            let secret = read(&password)?;
+            switchboard::domain::validate_secret(&secret).map_err(|e| (2, e))?;
+            let hash = hasher()?.hash(&secret).map_err(|e| (1, e.to_string()))?;
+            match store.set_password_hash(&username, &hash) {
+                Ok(Some(user)) => println!(
+                    "password changed user_id={} username={}",
+                    user.id, user.username
+                ),
+                Ok(None) => return Err((1, format!("no such user: {username}"))),
+                Err(e) => {
+                    return Err((1, format!("cannot rewrite {}: {e}", store.path().display())));
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::error::AppError;
 use super::ports::{StoreError, UserRecord, UserStore};
 use crate::domain::{validate_secret, validate_username};
+use crate::metrics::Metrics;
 
 /// bcrypt reads at most 72 bytes of input and ignores the rest.
 const BCRYPT_INPUT_MAX: usize = 72;
@@ -24,12 +25,17 @@ pub struct PasswordHasher {
     /// A real hash of nothing anyone knows, verified against when a username is
     /// unknown, so that answer takes as long as a wrong password.
     decoy: String,
+    metrics: Arc<Metrics>,
 }
 
 impl PasswordHasher {
     /// # Errors
     /// If bcrypt refuses the cost (outside 4..=31).
-    pub fn new(cost: u32, limit: usize) -> Result<PasswordHasher, bcrypt::BcryptError> {
+    pub fn new(
+        cost: u32,
+        limit: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<PasswordHasher, bcrypt::BcryptError> {
         let decoy = bcrypt::hash(b"switchboard decoy secret", cost)?;
         Ok(PasswordHasher {
             cost,
@@ -37,6 +43,7 @@ impl PasswordHasher {
             running: Mutex::new(0),
             freed: Condvar::new(),
             decoy,
+            metrics,
         })
     }
 
@@ -75,6 +82,7 @@ impl PasswordHasher {
             }
             *running += 1;
         }
+        self.metrics.hash_wait.observe(queued.elapsed());
         debug!("password hash waited {:?} for a slot", queued.elapsed());
         // Released by a guard so a panic inside bcrypt cannot leak the slot.
         struct Slot<'a>(&'a PasswordHasher);
@@ -169,7 +177,7 @@ mod tests {
     /// A stored hash verifies only its own secret, and the decoy never verifies.
     #[test]
     fn hashes_verify_only_their_secret() {
-        let hasher = PasswordHasher::new(4, 2).unwrap();
+        let hasher = PasswordHasher::new(4, 2, Arc::default()).unwrap();
         let hash = hasher.hash("s3cret").unwrap();
         assert!(hasher.verify("s3cret", Some(&hash)));
         assert!(!hasher.verify("S3cret", Some(&hash)));
@@ -179,7 +187,7 @@ mod tests {
     /// Two long secrets sharing their first 72 bytes are different passwords.
     #[test]
     fn long_secrets_are_not_truncated() {
-        let hasher = PasswordHasher::new(4, 1).unwrap();
+        let hasher = PasswordHasher::new(4, 1, Arc::default()).unwrap();
         let a = format!("{}a", "x".repeat(100));
         let b = format!("{}b", "x".repeat(100));
         let hash = hasher.hash(&a).unwrap();
@@ -191,7 +199,7 @@ mod tests {
     #[test]
     fn the_gate_bounds_concurrent_hashes() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let hasher = Arc::new(PasswordHasher::new(4, 2).unwrap());
+        let hasher = Arc::new(PasswordHasher::new(4, 2, Arc::default()).unwrap());
         let inside = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)

@@ -21,6 +21,7 @@ use super::error::AppError;
 use super::ports::{ConnId, Notice, Notifier, Party, SessionEnd, Signal, UserRecord, UserStore};
 use crate::domain::call::Answer;
 use crate::domain::{CallBook, CallId, EndReason, Ended, UserId, UserState};
+use crate::metrics::Metrics;
 
 #[derive(Debug)]
 struct Session {
@@ -98,6 +99,7 @@ impl Before {
 pub struct HubStats {
     pub online: usize,
     pub calls: usize,
+    pub ringing: usize,
 }
 
 pub struct Hub {
@@ -108,6 +110,7 @@ pub struct Hub {
     notifier: Arc<dyn Notifier>,
     users: Arc<dyn UserStore>,
     ringing_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +124,7 @@ impl Hub {
         notifier: Arc<dyn Notifier>,
         users: Arc<dyn UserStore>,
         ringing_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         let first_call_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -137,6 +141,7 @@ impl Hub {
             notifier,
             users,
             ringing_timeout,
+            metrics,
         }
     }
 
@@ -149,6 +154,7 @@ impl Hub {
         HubStats {
             online: state.online.len(),
             calls: state.calls.len(),
+            ringing: state.calls.ringing(),
         }
     }
 
@@ -251,6 +257,7 @@ impl Hub {
                 },
             ));
         }
+        Metrics::count(&self.metrics.calls_total);
         info!(
             "call ringing call_id={} caller={} callee={}",
             call.id, caller, callee

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -63,6 +63,10 @@ pub struct Config {
     pub max_concurrent_hashes: usize,
     pub ringing_timeout: Duration,
     pub log_level: log::LevelFilter,
+    /// How long a shutdown waits for connections to close.
+    pub drain_timeout: Duration,
+    /// The admin HTTP listener (/healthz, /metrics); off when `None`.
+    pub admin_bind: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -82,6 +86,8 @@ impl Default for Config {
             max_concurrent_hashes: cores(),
             ringing_timeout: Duration::from_secs(30),
             log_level: log::LevelFilter::Info,
+            drain_timeout: Duration::from_secs(5),
+            admin_bind: None,
         }
     }
 }
@@ -101,6 +107,7 @@ pub struct Overrides {
     pub pkcs12_path: Option<PathBuf>,
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
+    pub admin_bind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +118,13 @@ struct File {
     auth: AuthSection,
     calls: CallsSection,
     logging: LoggingSection,
+    admin: AdminSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AdminSection {
+    bind_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +142,7 @@ struct ServerSection {
     idle_timeout_secs: Option<f64>,
     tls_handshake_timeout_secs: Option<f64>,
     outbound_queue_bytes: Option<usize>,
+    drain_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,30 +207,64 @@ impl Config {
         Ok(Loaded { config, warnings })
     }
 
-    /// The configuration as JSON with secrets masked, for logs and `check-config`.
+    /// The effective configuration, one `key = value` per line, secrets masked.
     pub fn describe(&self) -> String {
-        let tls = match &self.tls {
-            None => "off".to_string(),
-            Some(TlsIdentity::Pkcs12 { path, .. }) => {
-                format!("pkcs12 {} (password ***)", path.display())
-            }
+        let path = |p: &Path| p.display().to_string();
+        let (enable_tls, pkcs12, password, cert, key) = match &self.tls {
+            None => (false, String::new(), "", String::new(), String::new()),
+            Some(TlsIdentity::Pkcs12 { path: p, password }) => (
+                true,
+                path(p),
+                if password.is_empty() { "" } else { "***" },
+                String::new(),
+                String::new(),
+            ),
             Some(TlsIdentity::Pem { cert, key }) => {
-                format!("pem {} + {}", cert.display(), key.display())
+                (true, String::new(), "", path(cert), path(key))
             }
         };
-        format!(
-            "bind={}:{} tls={} max_connections={} max_frame_bytes={} idle_timeout={:?} ringing_timeout={:?} users_file={} bcrypt_cost={} max_concurrent_hashes={}",
-            self.bind_address,
-            self.port,
-            tls,
-            self.max_connections,
-            self.max_frame_bytes,
-            self.idle_timeout,
-            self.ringing_timeout,
-            self.users_file.display(),
-            self.bcrypt_cost,
-            self.max_concurrent_hashes
-        )
+        let secs = |d: Duration| d.as_secs_f64();
+        let lines = [
+            format!("server.bind_address = {}", self.bind_address),
+            format!("server.port = {}", self.port),
+            format!("server.max_connections = {}", self.max_connections),
+            format!("server.enable_tls = {enable_tls}"),
+            format!("server.pkcs12_path = {pkcs12}"),
+            format!("server.pkcs12_password = {password}"),
+            format!("server.cert_path = {cert}"),
+            format!("server.key_path = {key}"),
+            format!("server.max_frame_bytes = {}", self.max_frame_bytes),
+            format!("server.idle_timeout_secs = {}", secs(self.idle_timeout)),
+            format!(
+                "server.tls_handshake_timeout_secs = {}",
+                secs(self.tls_handshake_timeout)
+            ),
+            format!(
+                "server.outbound_queue_bytes = {}",
+                self.outbound_queue_bytes
+            ),
+            format!("server.drain_timeout_secs = {}", secs(self.drain_timeout)),
+            format!("storage.data_dir = {}", path(&self.data_dir)),
+            format!("storage.users_file = {}", path(&self.users_file)),
+            format!("auth.bcrypt_cost = {}", self.bcrypt_cost),
+            format!(
+                "auth.max_concurrent_hashes = {}",
+                self.max_concurrent_hashes
+            ),
+            format!(
+                "calls.ringing_timeout_secs = {}",
+                secs(self.ringing_timeout)
+            ),
+            format!(
+                "logging.log_level = {}",
+                self.log_level.as_str().to_lowercase()
+            ),
+            format!(
+                "admin.bind_address = {}",
+                self.admin_bind.map(|a| a.to_string()).unwrap_or_default()
+            ),
+        ];
+        lines.join("\n")
     }
 }
 
@@ -323,6 +372,21 @@ fn resolve(
         300.0,
     )?;
 
+    let drain_timeout = seconds(
+        "server.drain_timeout_secs",
+        server.drain_timeout_secs,
+        d.drain_timeout,
+        3600.0,
+    )?;
+    let admin_bind = match cli.admin_bind.clone().or(file.admin.bind_address) {
+        None => None,
+        Some(text) => Some(SocketAddr::from_str(text.trim()).map_err(|_| {
+            ConfigError::at(
+                "admin.bind_address",
+                format!("{text:?} is not an IP:PORT address (such as 127.0.0.1:9090)"),
+            )
+        })?),
+    };
     let pkcs12_path = cli.pkcs12_path.clone().or(server.pkcs12_path);
     let cert_path = cli.cert_path.clone().or(server.cert_path);
     let key_path = cli.key_path.clone().or(server.key_path);
@@ -424,6 +488,8 @@ fn resolve(
         max_concurrent_hashes,
         ringing_timeout,
         log_level,
+        drain_timeout,
+        admin_bind,
     })
 }
 
@@ -519,6 +585,11 @@ mod tests {
                 "calls.ringing_timeout_secs",
             ),
             (r#"{"logging":{"log_level":"loud"}}"#, "logging.log_level"),
+            (r#"{"admin":{"bind_address":"9090"}}"#, "admin.bind_address"),
+            (
+                r#"{"server":{"drain_timeout_secs":0}}"#,
+                "server.drain_timeout_secs",
+            ),
         ];
         for (json, key) in cases {
             let err = load(json, Overrides::default()).unwrap_err();

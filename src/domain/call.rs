@@ -151,6 +151,11 @@ impl CallBook {
         self.calls.is_empty()
     }
 
+    /// Calls not yet answered.
+    pub fn ringing(&self) -> usize {
+        self.deadlines.len()
+    }
+
     pub fn get(&self, id: CallId) -> Option<&Call> {
         self.calls.get(&id)
     }

@@ -1,6 +1,8 @@
 //! Storage: the flat-file user store (users.txt) and the file-system rules it keeps.
 
 pub mod fsutil;
+pub mod lock;
 pub mod users_file;
 
+pub use lock::{DataDirLock, LockError};
 pub use users_file::{LoadError, UsersFile};

@@ -22,6 +22,7 @@ use super::server::Shared;
 use super::transport::Transport;
 use crate::application::{AppError, ConnId};
 use crate::domain::UserId;
+use crate::metrics::Metrics;
 
 /// Stop reading and processing input while this much output is unsent.
 pub const HIGH_WATER: usize = 64 * 1024;
@@ -191,9 +192,12 @@ impl Connection {
                 self.outbuf.clear();
                 self.out_pos = 0;
             }
-            let drained = self.outbox.take_into(&mut self.outbuf, HIGH_WATER);
+            let drained = self
+                .outbox
+                .take_into(&mut self.outbuf, HIGH_WATER, &self.shared.metrics);
             self.queue_pending = drained.more;
             if drained.slow {
+                Metrics::count(&self.shared.metrics.slow_consumer_disconnects);
                 return Ok(Some(CloseReason::SlowConsumer.as_str().into()));
             }
             if let Some(reason) = drained.close {
@@ -203,7 +207,10 @@ impl Connection {
         while self.unsent() > 0 {
             match self.transport.write(&self.outbuf[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
+                Ok(n) => {
+                    self.out_pos += n;
+                    Metrics::add(&self.shared.metrics.bytes_out, n as u64);
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Ok(Some(format!("write failed: {err}"))),
@@ -231,6 +238,7 @@ impl Connection {
                     break;
                 }
                 Ok(n) => {
+                    Metrics::add(&self.shared.metrics.bytes_in, n as u64);
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     total += n;
                 }
@@ -290,6 +298,7 @@ impl Connection {
             kind,
             payload.len()
         );
+        Metrics::count(&self.shared.metrics.frames_in[usize::from(kind)]);
         match Request::decode(kind, payload) {
             Ok(request) => self.dispatch(request, payload.len()),
             Err(err) => self.reply_error(AppError::BadRequest(err.message), err.req_id),
@@ -303,6 +312,22 @@ impl Connection {
             self.out_pos = 0;
         }
         self.outbuf.extend_from_slice(&message.to_frame());
+        let metrics = &self.shared.metrics;
+        Metrics::count(&metrics.frames_out[usize::from(message.message_type().code())]);
+        match message {
+            ServerMessage::Error(e) => metrics.error(e.code),
+            ServerMessage::LoginResponse(r) | ServerMessage::RegisterResponse(r) => {
+                if let Some(code) = r.code {
+                    metrics.error(code);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Time since the frame being handled was read.
+    pub(super) fn frame_age(&self) -> Duration {
+        self.last_frame.elapsed()
     }
 
     pub(super) fn reply_error(&mut self, err: AppError, req_id: Option<super::message::ReqId>) {

@@ -15,6 +15,7 @@ use super::message::{
 };
 use crate::application::{AppError, Signal};
 use crate::domain::{CallId, UserId};
+use crate::metrics::Metrics;
 
 /// Room left in a relayed frame for the ids the server writes into it.
 const RELAY_HEADROOM: usize = 128;
@@ -120,6 +121,7 @@ impl Connection {
                         sdp: m.sdp,
                     }
                 })?;
+                self.relayed();
                 Ok(None)
             }
             Request::SdpAnswer(m) => {
@@ -132,6 +134,7 @@ impl Connection {
                         sdp: m.sdp,
                     }
                 })?;
+                self.relayed();
                 Ok(None)
             }
             Request::IceCandidate(m) => {
@@ -146,6 +149,7 @@ impl Connection {
                         sdp_mline_index: m.sdp_mline_index,
                     }
                 })?;
+                self.relayed();
                 Ok(None)
             }
             Request::Hangup(h) => {
@@ -167,6 +171,10 @@ impl Connection {
                 })))
             }
         }
+    }
+
+    fn relayed(&self) {
+        self.shared.metrics.relay_time.observe(self.frame_age());
     }
 
     fn login(&mut self, c: Credentials) -> ServerMessage {
@@ -193,6 +201,7 @@ impl Connection {
                 ServerMessage::LoginResponse(success(user.id, user.username, c.req_id))
             }
             Err(err) => {
+                Metrics::count(&self.shared.metrics.failed_logins);
                 info!(
                     "login failed conn={} username={:?} code={}",
                     self.id,

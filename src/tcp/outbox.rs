@@ -17,6 +17,7 @@ use super::message::{
     CallAnswered, CallNotification, Hangup, IceCandidate, Sdp, ServerMessage, UserStateUpdate,
 };
 use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
+use crate::metrics::Metrics;
 
 /// An encoded frame, shared by every recipient of a broadcast.
 pub type Frame = Arc<[u8]>;
@@ -127,13 +128,16 @@ impl Outbox {
 
     /// Moves queued frames into `out` until it holds at least `budget` bytes.
     /// Returns the close request, if any, once the queue is empty.
-    pub fn take_into(&self, out: &mut Vec<u8>, budget: usize) -> Drained {
+    pub fn take_into(&self, out: &mut Vec<u8>, budget: usize, metrics: &Metrics) -> Drained {
         let mut queue = lock(&self.queue);
         while out.len() < budget {
             let Some(frame) = queue.frames.pop_front() else {
                 break;
             };
             queue.bytes -= frame.len();
+            if let Some(kind) = frame.get(super::frame::PREFIX_LEN) {
+                Metrics::count(&metrics.frames_out[usize::from(*kind)]);
+            }
             out.extend_from_slice(&frame);
         }
         Drained {
@@ -170,19 +174,19 @@ pub struct Connections {
     next_id: AtomicU64,
     /// Frames encoded for delivery, for tests and metrics: a broadcast counts once.
     encoded: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
-impl Default for Connections {
-    fn default() -> Self {
+impl Connections {
+    pub fn new(metrics: Arc<Metrics>) -> Connections {
         Connections {
             map: RwLock::default(),
             next_id: AtomicU64::new(1),
             encoded: AtomicU64::new(0),
+            metrics,
         }
     }
-}
 
-impl Connections {
     pub fn next_id(&self) -> ConnId {
         ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -232,7 +236,8 @@ impl Connections {
     /// Tells every connection, logged in or not, that the server is stopping,
     /// and has each close once that is written.
     pub fn end_all(&self, why: SessionEnd) {
-        let frame = self.encode(&session_end_message(why));
+        let message = session_end_message(why);
+        let frame = self.encode(&message);
         let outboxes: Vec<Arc<Outbox>> = self
             .map
             .read()
@@ -241,7 +246,14 @@ impl Connections {
             .cloned()
             .collect();
         for outbox in outboxes {
+            self.count_error(&message);
             outbox.push_final(frame.clone(), close_reason(why));
+        }
+    }
+
+    fn count_error(&self, message: &ServerMessage) {
+        if let ServerMessage::Error(e) = message {
+            self.metrics.error(e.code);
         }
     }
 }
@@ -270,7 +282,9 @@ impl Notifier for Connections {
     fn end_session(&self, conn: ConnId, why: SessionEnd) {
         match self.get(conn) {
             Some(outbox) => {
-                outbox.push_final(self.encode(&session_end_message(why)), close_reason(why))
+                let message = session_end_message(why);
+                self.count_error(&message);
+                outbox.push_final(self.encode(&message), close_reason(why));
             }
             None => warn!("session end for closed conn={conn} skipped"),
         }
@@ -396,12 +410,12 @@ mod tests {
         outbox.push(Arc::from(&b"cd"[..]));
         outbox.push(Arc::from(&b"ef"[..]));
         let mut out = Vec::new();
-        let drained = outbox.take_into(&mut out, 3);
+        let drained = outbox.take_into(&mut out, 3, &Metrics::default());
         assert_eq!(
             (out.as_slice(), drained.more, outbox.queued_bytes()),
             (&b"abcd"[..], true, 2)
         );
-        outbox.take_into(&mut out, 100);
+        outbox.take_into(&mut out, 100, &Metrics::default());
         assert_eq!(out, b"abcdef");
     }
 
@@ -413,7 +427,7 @@ mod tests {
         outbox.push(frame(6));
         assert_eq!(outbox.queued_bytes(), 0);
         let mut out = Vec::new();
-        let drained = outbox.take_into(&mut out, 100);
+        let drained = outbox.take_into(&mut out, 100, &Metrics::default());
         assert!(drained.slow && out.is_empty());
         outbox.push(frame(1));
         assert_eq!(outbox.queued_bytes(), 0, "nothing is queued once closing");
@@ -426,9 +440,12 @@ mod tests {
         outbox.push(frame(8));
         outbox.push_final(frame(8), CloseReason::TakenOver);
         let mut out = Vec::new();
-        assert_eq!(outbox.take_into(&mut out, 1).close, None);
         assert_eq!(
-            outbox.take_into(&mut out, 100).close,
+            outbox.take_into(&mut out, 1, &Metrics::default()).close,
+            None
+        );
+        assert_eq!(
+            outbox.take_into(&mut out, 100, &Metrics::default()).close,
             Some(CloseReason::TakenOver)
         );
         assert_eq!(out.len(), 16);

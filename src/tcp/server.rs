@@ -3,9 +3,9 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,11 @@ use log::{error, info, warn};
 use native_tls::TlsAcceptor;
 
 use super::connection::Connection;
-use super::message::ServerMessage;
+use super::message::{MessageType, ServerMessage};
 use super::outbox::{Connections, Outbox};
 use super::transport::{Transport, accept_tls};
 use crate::application::{Authenticator, Hub, Notifier, PasswordHasher, SessionEnd, UserStore};
+use crate::metrics::{Gauges, Metrics};
 
 /// Connection threads need little stack: no recursion beyond serde_json's
 /// bounded depth, and buffers live on the heap.
@@ -51,9 +52,33 @@ pub struct Shared {
     pub auth: Authenticator,
     pub connections: Arc<Connections>,
     pub limits: Limits,
-    pub tls: Option<TlsAcceptor>,
+    pub metrics: Arc<Metrics>,
+    /// Replaced on SIGHUP; each handshake takes the acceptor current at its start.
+    tls: RwLock<Option<Arc<TlsAcceptor>>>,
     open: AtomicUsize,
     rejecting: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    fn tls_acceptor(&self) -> Option<Arc<TlsAcceptor>> {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stats(&self) -> ServerStats {
+        let hub = self.hub.stats();
+        ServerStats {
+            open_connections: self.open.load(Ordering::SeqCst),
+            registered_outboxes: self.connections.len(),
+            online_users: hub.online,
+            calls: hub.calls,
+            calls_ringing: hub.ringing,
+            frames_encoded: self.connections.frames_encoded(),
+        }
+    }
 }
 
 /// A bound server, not yet accepting.
@@ -70,11 +95,21 @@ impl Server {
         settings: Settings,
         users: Arc<dyn UserStore>,
     ) -> io::Result<Server> {
-        let connections = Arc::new(Connections::default());
+        let metrics = Arc::new(Metrics::default());
+        let connections = Arc::new(Connections::new(metrics.clone()));
         let notifier: Arc<dyn Notifier> = connections.clone();
-        let hub = Arc::new(Hub::new(notifier, users.clone(), settings.ringing_timeout));
-        let hasher = PasswordHasher::new(settings.bcrypt_cost, settings.hash_concurrency)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let hub = Arc::new(Hub::new(
+            notifier,
+            users.clone(),
+            settings.ringing_timeout,
+            metrics.clone(),
+        ));
+        let hasher = PasswordHasher::new(
+            settings.bcrypt_cost,
+            settings.hash_concurrency,
+            metrics.clone(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
@@ -82,9 +117,11 @@ impl Server {
                 auth: Authenticator::new(users, hasher),
                 connections,
                 limits: settings.limits,
-                tls: settings.tls,
+                metrics,
+                tls: RwLock::new(settings.tls.map(Arc::new)),
                 open: AtomicUsize::new(0),
                 rejecting: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
             }),
         })
     }
@@ -131,7 +168,41 @@ pub struct ServerStats {
     pub registered_outboxes: usize,
     pub online_users: usize,
     pub calls: usize,
+    pub calls_ringing: usize,
     pub frames_encoded: u64,
+}
+
+/// A read-only view of a running server, for the admin listener.
+#[derive(Clone)]
+pub struct Observer(Arc<Shared>);
+
+impl Observer {
+    pub fn stats(&self) -> ServerStats {
+        self.0.stats()
+    }
+
+    /// True once shutdown has begun: new connections are refused.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let s = self.stats();
+        let gauges = Gauges {
+            connections_open: s.open_connections,
+            users_logged_in: s.online_users,
+            calls_ringing: s.calls_ringing,
+            calls_active: s.calls - s.calls_ringing,
+        };
+        self.0.metrics.render(gauges, |code| {
+            MessageType::from_code(code).map(MessageType::name)
+        })
+    }
 }
 
 /// A running server.
@@ -150,32 +221,42 @@ impl ServerHandle {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let hub = self.shared.hub.stats();
-        ServerStats {
-            open_connections: self.shared.open.load(Ordering::SeqCst),
-            registered_outboxes: self.shared.connections.len(),
-            online_users: hub.online,
-            calls: hub.calls,
-            frames_encoded: self.shared.connections.frames_encoded(),
-        }
+        self.shared.stats()
     }
 
-    /// Blocks until the accept loop ends (it only ends through [`ServerHandle::shutdown`]).
+    pub fn observer(&self) -> Observer {
+        Observer(self.shared.clone())
+    }
+
+    /// Serves new TLS handshakes with `acceptor` (certificate rotation);
+    /// established connections keep theirs. Returns false if TLS is off.
+    pub fn replace_tls(&self, acceptor: TlsAcceptor) -> bool {
+        let mut tls = self
+            .shared
+            .tls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tls.is_none() {
+            return false;
+        }
+        *tls = Some(Arc::new(acceptor));
+        true
+    }
+
+    /// Blocks until the accept loop ends (it only ends through a shutdown).
     pub fn wait(&mut self) {
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
     }
 
-    /// Stops accepting, ends every call (parties get HANGUP), tells every client
-    /// ERROR 503 "server shutting down" and waits up to `drain` for the
-    /// connections to close. Returns whether they all closed in time.
-    pub fn shutdown(mut self, drain: Duration) -> bool {
-        self.stop_now(drain)
-    }
-
-    fn stop_now(&mut self, drain: Duration) -> bool {
-        let deadline = Instant::now() + drain;
+    /// Stops accepting, ends every call (parties get HANGUP), and tells every
+    /// client ERROR 503 "server shutting down"; connections close once that is
+    /// written. See [`ServerHandle::finish_shutdown`].
+    pub fn begin_shutdown(&mut self) {
+        if self.shared.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.stop.store(true, Ordering::SeqCst);
         // The accept loop blocks in accept(2): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
@@ -187,6 +268,11 @@ impl ServerHandle {
         if let Some(timer) = self.timer.take() {
             let _ = timer.join();
         }
+    }
+
+    /// Waits until every connection has closed or `deadline` passes; returns
+    /// whether they all closed.
+    pub fn finish_shutdown(&mut self, deadline: Instant) -> bool {
         loop {
             match self
                 .done
@@ -204,12 +290,22 @@ impl ServerHandle {
             }
         }
     }
+
+    /// [`ServerHandle::begin_shutdown`], then waits up to `drain` for the
+    /// connections to close. Returns whether they all closed in time.
+    pub fn shutdown(mut self, drain: Duration) -> bool {
+        let deadline = Instant::now() + drain;
+        self.begin_shutdown();
+        self.finish_shutdown(deadline)
+    }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        if self.accept.is_some() {
-            self.stop_now(Duration::from_secs(2));
+        if !self.shared.draining.load(Ordering::SeqCst) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            self.begin_shutdown();
+            self.finish_shutdown(deadline);
         }
     }
 }
@@ -281,6 +377,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
         reject_full(shared, stream, peer);
         return;
     }
+    Metrics::count(&shared.metrics.connections_total);
     let id = shared.connections.next_id();
     let outbox = match Outbox::new(shared.limits.outbound_queue_bytes) {
         Ok(outbox) => Arc::new(outbox),
@@ -310,15 +407,16 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
     let shared = slot.shared.clone();
     let id = slot.id;
     let opened = Instant::now();
+    let acceptor = shared.tls_acceptor();
     info!(
         "connection opened conn={id} peer={peer} tls={}",
-        shared.tls.is_some()
+        acceptor.is_some()
     );
-    let transport = match &shared.tls {
+    let transport = match acceptor {
         None => Transport::Plain(stream),
         Some(acceptor) => {
             let deadline = opened + shared.limits.handshake_timeout;
-            match accept_tls(acceptor, stream, deadline, Some(outbox.wake_fd())) {
+            match accept_tls(&acceptor, stream, deadline, Some(outbox.wake_fd())) {
                 Ok(tls) => Transport::Tls(Box::new(tls)),
                 Err(err) => {
                     info!(
@@ -349,7 +447,7 @@ fn reject_full(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     );
     let frame =
         ServerMessage::error(503, "server is at max_connections; try again later", None).to_frame();
-    let Some(acceptor) = shared.tls.clone() else {
+    let Some(acceptor) = shared.tls_acceptor() else {
         // A fresh socket's send buffer takes these few bytes at once.
         let _ = stream.write_all(&frame);
         return;

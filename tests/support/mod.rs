@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchboard::application::UserStore;
 use switchboard::config::Config;
-use switchboard::infrastructure::UsersFile;
-use switchboard::tcp::{Limits, MessageType, Server, ServerHandle, ServerStats, Settings};
+use switchboard::daemon::Running;
+use switchboard::infrastructure::{DataDirLock, UsersFile};
+use switchboard::tcp::{Limits, MessageType, Server, ServerStats, Settings};
 
 /// How long a test waits for a frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A server running in this process, on 127.0.0.1 and a free port, over its own data directory.
 pub struct TestServer {
-    pub handle: Option<ServerHandle>,
+    pub running: Option<Running>,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: Config,
@@ -51,10 +52,10 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let handle = switchboard::daemon::start(&config).expect("server starts");
+        let running = switchboard::daemon::start(&config).expect("server starts");
         TestServer {
-            addr: handle.local_addr(),
-            handle: Some(handle),
+            addr: running.server.local_addr(),
+            running: Some(running),
             dir,
             config,
         }
@@ -62,12 +63,12 @@ impl TestServer {
 
     /// Starts over `dir` again (a restart), with the same configuration.
     pub fn restart(mut self) -> TestServer {
-        if let Some(handle) = self.handle.take() {
-            assert!(handle.shutdown(Duration::from_secs(5)), "server drained");
+        if let Some(running) = self.running.take() {
+            assert!(running.shutdown(Duration::from_secs(5)), "server drained");
         }
-        let handle = switchboard::daemon::start(&self.config).expect("server restarts");
-        self.addr = handle.local_addr();
-        self.handle = Some(handle);
+        let running = switchboard::daemon::start(&self.config).expect("server restarts");
+        self.addr = running.server.local_addr();
+        self.running = Some(running);
         self
     }
 
@@ -97,16 +98,17 @@ impl TestServer {
             .expect("server")
             .start()
             .expect("start");
+        let lock = DataDirLock::acquire(dir.path()).expect("data directory lock");
         TestServer {
             addr: handle.local_addr(),
-            handle: Some(handle),
+            running: Some(Running::new(handle, None, lock)),
             dir,
             config,
         }
     }
 
     pub fn stats(&self) -> ServerStats {
-        self.handle.as_ref().expect("running").stats()
+        self.running.as_ref().expect("running").server.stats()
     }
 
     pub fn users_file(&self) -> PathBuf {
