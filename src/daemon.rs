@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use log::{info, warn};
+use native_tls::TlsAcceptor;
 
 use crate::admin::{self, AdminHandle};
 use crate::application::UserStore;
@@ -106,20 +107,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
-    let settings = Settings {
-        limits: Limits {
-            max_connections: config.max_connections,
-            max_frame: config.max_frame_bytes,
-            idle_timeout: config.idle_timeout,
-            handshake_timeout: config.tls_handshake_timeout,
-            outbound_queue_bytes: config.outbound_queue_bytes,
-        },
-        ringing_timeout: config.ringing_timeout,
-        bcrypt_cost: config.bcrypt_cost,
-        hash_concurrency: config.max_concurrent_hashes,
-        tls,
-    };
-    let server = Server::new(listener, settings, users).map_err(StartError::Io)?;
+    let server = Server::new(listener, settings(config, tls), users).map_err(StartError::Io)?;
     let server = server.start().map_err(StartError::Io)?;
     let admin = match config.admin_bind {
         Some(addr) => Some(
@@ -133,6 +121,23 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         admin,
         _lock: lock,
     })
+}
+
+/// The server's settings from the configuration.
+pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
+    Settings {
+        limits: Limits {
+            max_connections: config.max_connections,
+            max_frame: config.max_frame_bytes,
+            idle_timeout: config.idle_timeout,
+            handshake_timeout: config.tls_handshake_timeout,
+            outbound_queue_bytes: config.outbound_queue_bytes,
+        },
+        ringing_timeout: config.ringing_timeout,
+        bcrypt_cost: config.bcrypt_cost,
+        hash_concurrency: config.max_concurrent_hashes,
+        tls,
+    }
 }
 
 /// Reloads the TLS identity from disk for new handshakes (SIGHUP). On failure

@@ -11,17 +11,28 @@ use crate::support::certs;
 use crate::support::daemon::{Daemon, run_to_exit};
 use crate::support::{Client, TestServer, connect_call};
 
-/// A whole v1 session over TLS with the reference's PKCS#12 identity:
-/// register, login, list, call, SDP and ICE relay, hangup.
-#[test]
-fn a_whole_call_over_tls_with_a_pkcs12_identity() {
+/// A server on a PKCS#12 identity made for this test, and its certificates.
+fn pkcs12_server(
+    tweak: impl FnOnce(&mut switchboard::config::Config),
+) -> (TestServer, certs::Certs) {
     let dir = tempfile::tempdir().unwrap();
     let certs = certs::make(dir.path());
     let identity = TlsIdentity::Pkcs12 {
         path: certs.pkcs12.clone(),
         password: certs.pkcs12_password.clone(),
     };
-    let server = TestServer::start_with(|c| c.tls = Some(identity));
+    let server = TestServer::start_with(|c| {
+        c.tls = Some(identity);
+        tweak(c);
+    });
+    (server, certs)
+}
+
+/// A whole v1 session over TLS with the reference's PKCS#12 identity:
+/// register, login, list, call, SDP and ICE relay, hangup.
+#[test]
+fn a_whole_call_over_tls_with_a_pkcs12_identity() {
+    let (server, certs) = pkcs12_server(|_| {});
     let mut alice = Client::tls(server.addr, &certs.ca_pem);
     alice.register("alice", "pw");
     alice.login_ok("alice", "pw");
@@ -66,13 +77,7 @@ fn a_pem_identity_serves_tls() {
 /// A plain-TCP client on the TLS port is closed, never answered in the clear.
 #[test]
 fn a_plain_client_on_the_tls_port_is_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = certs::make(dir.path());
-    let identity = TlsIdentity::Pkcs12 {
-        path: certs.pkcs12.clone(),
-        password: certs.pkcs12_password.clone(),
-    };
-    let server = TestServer::start_with(|c| c.tls = Some(identity));
+    let (server, _certs) = pkcs12_server(|_| {});
     let mut plain = TcpStream::connect(server.addr).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -93,16 +98,7 @@ fn a_plain_client_on_the_tls_port_is_closed() {
 /// A client that never finishes the handshake is closed at the handshake timeout.
 #[test]
 fn a_stalled_handshake_times_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = certs::make(dir.path());
-    let identity = TlsIdentity::Pkcs12 {
-        path: certs.pkcs12.clone(),
-        password: certs.pkcs12_password.clone(),
-    };
-    let server = TestServer::start_with(|c| {
-        c.tls = Some(identity);
-        c.tls_handshake_timeout = Duration::from_millis(300);
-    });
+    let (server, certs) = pkcs12_server(|c| c.tls_handshake_timeout = Duration::from_millis(300));
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     stalled
         .set_read_timeout(Some(Duration::from_secs(10)))

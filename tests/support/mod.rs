@@ -18,7 +18,7 @@ use switchboard::application::UserStore;
 use switchboard::config::Config;
 use switchboard::daemon::Running;
 use switchboard::infrastructure::{DataDirLock, UsersFile};
-use switchboard::tcp::{Limits, MessageType, Server, ServerStats, Settings};
+use switchboard::tcp::{MessageType, Server, ServerStats};
 
 /// How long a test waits for a frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -81,19 +81,7 @@ impl TestServer {
         let store: Arc<dyn UserStore> =
             Arc::new(UsersFile::open(&config.users_file).expect("store"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let settings = Settings {
-            limits: Limits {
-                max_connections: config.max_connections,
-                max_frame: config.max_frame_bytes,
-                idle_timeout: config.idle_timeout,
-                handshake_timeout: config.tls_handshake_timeout,
-                outbound_queue_bytes: config.outbound_queue_bytes,
-            },
-            ringing_timeout: config.ringing_timeout,
-            bcrypt_cost: config.bcrypt_cost,
-            hash_concurrency: 2,
-            tls: None,
-        };
+        let settings = switchboard::daemon::settings(&config, None);
         let handle = Server::new(listener, settings, wrap(store))
             .expect("server")
             .start()
