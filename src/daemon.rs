@@ -107,6 +107,9 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
+    if let Ok(bound) = listener.local_addr() {
+        info!("listening on {bound}");
+    }
     let server = Server::new(listener, settings(config, tls), users).map_err(StartError::Io)?;
     let server = server.start().map_err(StartError::Io)?;
     let admin = match config.admin_bind {

@@ -138,8 +138,9 @@ fn try_main() -> Result<(), Failure> {
         env_logger::Env::default().default_filter_or(loaded.config.log_level.as_str()),
     )
     .init();
+    // Printed directly: they must show whatever the log level is.
     for warning in &loaded.warnings {
-        warn!("{warning}");
+        eprintln!("switchboard: warning: {warning}");
     }
     let config = loaded.config;
     match cli.command.unwrap_or(Command::Serve) {

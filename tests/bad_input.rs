@@ -300,3 +300,30 @@ fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
     );
     assert_eq!(server.stats().online_users, 3);
 }
+
+/// A client that keeps sending requests but never reads the answers is not
+/// buffered for: the server stops reading it, and once its output has not
+/// moved for the idle timeout, closes it.
+#[test]
+fn a_client_that_never_reads_its_answers_is_closed_when_output_stalls() {
+    let server = TestServer::start_with(|c| c.idle_timeout = Duration::from_millis(500));
+    let client = server.client();
+    let mut out = client.tcp().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let frame = crate::support::encode(T::Heartbeat, &json!({"timestamp": 1}));
+        let burst: Vec<u8> = frame.repeat(1000);
+        // Until the server stops reading and then closes the connection.
+        for _ in 0..1000 {
+            if out.write_all(&burst).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    server.wait_until_clean(0);
+    assert!(
+        writer.join().unwrap(),
+        "the writer was cut off by the close"
+    );
+    drop(client);
+}

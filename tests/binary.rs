@@ -138,3 +138,21 @@ fn help_documents_the_exit_codes() {
         "{stdout}"
     );
 }
+
+/// The shipped examples stay valid: server_config.json passes check-config with no
+/// warning, and users.txt.example loads.
+#[test]
+fn the_shipped_example_files_load() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/server_config.json");
+    let (code, stdout, stderr) = run_to_exit(&["--config", &config, "check-config"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.txt");
+    fs::copy(format!("{root}/users.txt.example"), &users).unwrap();
+    let store =
+        switchboard::infrastructure::UsersFile::open(&users).expect("users.txt.example loads");
+    assert_eq!(store.len(), 2);
+}

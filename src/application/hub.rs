@@ -448,15 +448,15 @@ impl Hub {
         let mut state = lock(&self.state);
         state.stopping = true;
         self.timer_wake.notify_all();
-        let users: Vec<UserId> = state.online.keys().copied().collect();
-        let mut touched = Vec::new();
-        for user in &users {
-            touched.push((*user, state.party(*user).username));
-        }
+        let touched: Vec<_> = state
+            .online
+            .iter()
+            .map(|(user, session)| (*user, session.username.clone()))
+            .collect();
         let before = Before::take(&state, &touched);
         let mut out = Outgoing::default();
-        for user in users {
-            self.end_call_of(&mut state, user, &mut out);
+        for ended in state.calls.end_all() {
+            self.ended_notices(&state, &ended, &mut out);
         }
         self.commit(state, before, out);
     }
@@ -496,6 +496,10 @@ impl Hub {
             EndReason::Cancelled | EndReason::HungUp | EndReason::Left => {
                 let by = ended.by.unwrap_or(call.caller);
                 tell(out, call.peer_of(by), hung_up);
+            }
+            EndReason::ServerStopping => {
+                tell(out, call.caller, hung_up.clone());
+                tell(out, call.callee, hung_up);
             }
         }
         debug!("call ended call_id={} reason={:?}", call.id, ended.reason);

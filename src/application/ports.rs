@@ -93,7 +93,7 @@ pub enum Signal {
         from: UserId,
         to: UserId,
         candidate: String,
-        sdp_mid: String,
+        sdp_mid: Option<String>,
         sdp_mline_index: u32,
     },
 }

@@ -75,6 +75,8 @@ pub enum EndReason {
     HungUp,
     /// A party went away: disconnect, logout or session takeover.
     Left,
+    /// The server is stopping; both parties are told.
+    ServerStopping,
 }
 
 /// A call that has just ended, with who ended it (none for a timeout).
@@ -278,6 +280,14 @@ impl CallBook {
         self.remove(id, Some(user), EndReason::Left)
     }
 
+    /// Ends every call (the server is stopping).
+    pub fn end_all(&mut self) -> Vec<Ended> {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.remove(id, None, EndReason::ServerStopping))
+            .collect()
+    }
+
     /// Ends every call still ringing at `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<Ended> {
         let due: Vec<CallId> = self
@@ -466,6 +476,24 @@ mod tests {
         assert_eq!(book.next_deadline(), Some(now + s(20)));
         assert_eq!(book.expire(now + s(60))[0].call.id, late.id);
         assert_eq!(book.len(), 1);
+        book.check_invariants();
+    }
+
+    /// Stopping ends every call, ringing or active, with nobody as the ender.
+    #[test]
+    fn end_all_ends_every_call() {
+        let (mut book, now) = book();
+        book.ring(A, B, now).unwrap();
+        let active = book.ring(C, UserId(4), now).unwrap();
+        book.answer(active.id, UserId(4), true).unwrap();
+        let ended = book.end_all();
+        assert_eq!(ended.len(), 2);
+        assert!(
+            ended
+                .iter()
+                .all(|e| e.reason == EndReason::ServerStopping && e.by.is_none())
+        );
+        assert!(book.is_empty());
         book.check_invariants();
     }
 

@@ -19,7 +19,11 @@ use super::fsutil::{replace_atomically, sync_dir};
 use crate::application::{StoreError, UserRecord, UserStore};
 use crate::domain::UserId;
 use crate::domain::user::username_key;
+use crate::domain::validate_username;
 
+/// A comment line that records the next id to give out, so that ids of
+/// deleted users are not reused. Other readers see an ordinary comment.
+const NEXT_ID: &str = "# next_id ";
 const HEADER: &str = "# Switchboard users: id|username|bcrypt_hash|created_at (unix seconds)\n";
 
 /// Why users.txt could not be loaded. The daemon refuses to start on any of these.
@@ -182,7 +186,8 @@ impl UsersFile {
             return Ok(None);
         };
         let new = change(&old);
-        let mut content = String::from(HEADER);
+        // Deleted ids are never given out again: the high-water mark is kept.
+        let mut content = format!("{HEADER}{NEXT_ID}{}\n", index.next_id);
         for user in index.by_id.values() {
             let user = if user.id == id {
                 new.as_ref()
@@ -235,6 +240,14 @@ fn parse(path: &Path, content: &[u8]) -> Result<(Index, usize), LoadError> {
         };
         let line = std::str::from_utf8(raw).map_err(|_| bad("not valid UTF-8".into()))?;
         let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(n) = line.strip_prefix(NEXT_ID) {
+            let n: u64 = n
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{NEXT_ID}{n:?} is not a number")))?;
+            index.next_id = index.next_id.max(n);
+            continue;
+        }
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
@@ -262,11 +275,7 @@ fn parse_line(line: &str) -> Result<UserRecord, String> {
         ));
     };
     let id = UserId::parse(id).ok_or_else(|| format!("user id {id:?} is not a number"))?;
-    if username.is_empty() || username.chars().any(char::is_control) {
-        return Err(format!(
-            "username {username:?} is empty or has control characters"
-        ));
-    }
+    validate_username(username).map_err(|e| format!("username {username:?}: {e}"))?;
     if !(hash.len() == 60 && hash.starts_with("$2")) {
         return Err("password hash is not a bcrypt hash".into());
     }
@@ -401,6 +410,12 @@ mod tests {
                 "duplicate username",
             ),
             ("1|alice|plainhash|5\n".to_string(), 1, "not a bcrypt hash"),
+            (format!("1|al\"ce|{HASH}|5\n"), 1, "may only contain"),
+            (
+                format!("# next_id x\n1|alice|{HASH}|5\n"),
+                1,
+                "is not a number",
+            ),
             (format!("1|alice|{HASH}|yesterday\n"), 1, "created_at"),
         ];
         for (content, line, reason) in cases {
@@ -440,6 +455,10 @@ mod tests {
             vec![(UserId(1), "alice".into()), (UserId(3), "carol".into())]
         );
         assert!(!dir.path().join("users.txt.tmp").exists());
+        // The highest id deleted is not given out again, even after a reload.
+        again.delete("carol").unwrap();
+        let reloaded = UsersFile::open(&path).unwrap();
+        assert_eq!(reloaded.create("dave", HASH, 4).unwrap().id, UserId(4));
     }
 
     /// A missing file is created (with its directory) holding only the header comment.

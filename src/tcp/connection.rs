@@ -65,6 +65,8 @@ pub struct Connection {
     /// The peer sent EOF: answer what was read, then close.
     input_closed: bool,
     last_frame: Instant,
+    /// Since when reading has been paused for unsent output, if it is.
+    stalled_since: Option<Instant>,
     closing: Option<Closing>,
 }
 
@@ -92,6 +94,7 @@ impl Connection {
             queue_pending: false,
             input_closed: false,
             last_frame: Instant::now(),
+            stalled_since: None,
             closing: None,
         }
     }
@@ -153,7 +156,19 @@ impl Connection {
             if self.unsent() > 0 {
                 events |= PollFlags::OUT;
             }
-            let idle_deadline = self.last_frame + self.shared.limits.idle_timeout;
+            // While reading is paused because the client does not read our
+            // output, the client is not idle; the output must move instead.
+            let idle = self.shared.limits.idle_timeout;
+            let paused = self.closing.is_none() && !self.input_closed && !reading;
+            self.stalled_since = match (paused, self.stalled_since) {
+                (true, None) => Some(Instant::now()),
+                (true, since) => since,
+                (false, _) => None,
+            };
+            if paused {
+                self.last_frame = Instant::now();
+            }
+            let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + idle;
             let deadline = match &self.closing {
                 Some(closing) => closing.deadline,
                 None => idle_deadline,
@@ -179,7 +194,12 @@ impl Connection {
                 return Ok("connection lost".into());
             }
             if self.closing.is_none() && Instant::now() >= idle_deadline {
-                return Ok("idle timeout".into());
+                return Ok(if paused {
+                    "output stalled"
+                } else {
+                    "idle timeout"
+                }
+                .into());
             }
         }
     }
@@ -209,6 +229,9 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out_pos += n;
+                    if self.stalled_since.is_some() {
+                        self.stalled_since = Some(Instant::now());
+                    }
                     Metrics::add(&self.shared.metrics.bytes_out, n as u64);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,

@@ -240,7 +240,7 @@ fn success(id: UserId, username: String, req_id: Option<ReqId>) -> AuthResponse 
 fn failure(err: AppError, req_id: Option<ReqId>) -> AuthResponse {
     AuthResponse {
         success: false,
-        error: Some(err.to_string()),
+        error: Some(super::message::wire_text(err.to_string())),
         code: Some(err.code()),
         req_id,
         ..AuthResponse::default()

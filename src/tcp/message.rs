@@ -77,11 +77,57 @@ impl MessageType {
 }
 
 /// A client's correlation id, echoed in the answer: a JSON string or integer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ReqId {
     Int(i64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for ReqId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ReqId, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ReqId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ReqId, E> {
+                Ok(ReqId::Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ReqId, E> {
+                Ok(ReqId::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ReqId, E> {
+                i64::try_from(v)
+                    .map(ReqId::Int)
+                    .map_err(|_| E::custom("req_id integer is too large"))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// The ids a client writes into SDP and ICE, which the server replaces anyway:
+/// a string, an integer or null are all taken (an integer as its digits).
+fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Null => Ok(String::new()),
+        _ => Err(serde::de::Error::custom("expected a user id (a string)")),
+    }
+}
+
+/// Text for a client's `message`/`error` field. The v1 desktop client reads a
+/// string up to the next `"`, so none may appear inside (they become `'`).
+pub fn wire_text(text: impl Into<String>) -> String {
+    let text = text.into();
+    if text.contains('"') {
+        text.replace('"', "'")
+    } else {
+        text
+    }
 }
 
 /// Why a frame's payload is not a valid message. Always answered with ERROR 400.
@@ -254,7 +300,7 @@ impl ServerMessage {
     pub fn error(code: u16, message: impl Into<String>, req_id: Option<ReqId>) -> ServerMessage {
         ServerMessage::Error(ErrorMessage {
             code,
-            message: message.into(),
+            message: wire_text(message),
             req_id,
         })
     }
@@ -308,9 +354,9 @@ pub struct CallResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sdp {
     pub call_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_id")]
     pub from_user_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_id")]
     pub to_user_id: String,
     pub sdp: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,12 +366,13 @@ pub struct Sdp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidate {
     pub call_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_id")]
     pub from_user_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_id")]
     pub to_user_id: String,
     pub candidate: String,
-    pub sdp_mid: String,
+    /// May be null (WebRTC allows a candidate without a media id); relayed as sent.
+    pub sdp_mid: Option<String>,
     pub sdp_mline_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
@@ -451,7 +498,7 @@ mod tests {
             from_user_id: "1".into(),
             to_user_id: "2".into(),
             candidate: "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host".into(),
-            sdp_mid: "0".into(),
+            sdp_mid: Some("0".into()),
             sdp_mline_index: 0,
             req_id: Some(ReqId::Int(3)),
         }
@@ -641,6 +688,47 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("not valid UTF-8")
+        );
+    }
+
+    /// A bad req_id is named plainly; ids the server overwrites take any scalar;
+    /// a null sdp_mid is relayed as null.
+    #[test]
+    fn lenient_fields_and_a_plain_req_id_error() {
+        let e = Request::decode(0x05, br#"{"req_id":[1]}"#).unwrap_err();
+        assert!(
+            e.message
+                .contains("req_id: invalid type: sequence, expected a string or an integer"),
+            "{}",
+            e.message
+        );
+        let ice = br#"{"call_id":"9","from_user_id":7,"to_user_id":null,"candidate":"c","sdp_mid":null,"sdp_mline_index":0}"#;
+        let Ok(Request::IceCandidate(ice)) = Request::decode(0x0F, ice) else {
+            panic!("lenient ICE")
+        };
+        assert_eq!(
+            (
+                ice.from_user_id.as_str(),
+                ice.to_user_id.as_str(),
+                ice.sdp_mid
+            ),
+            ("7", "", None)
+        );
+        let frame = ServerMessage::IceCandidate(IceCandidate {
+            sdp_mid: None,
+            ..super::tests::ice()
+        })
+        .to_frame();
+        assert!(String::from_utf8_lossy(&frame).contains(r#""sdp_mid":null"#));
+    }
+
+    /// Error text never carries a double quote, which the v1 client's search would stop at.
+    #[test]
+    fn error_text_has_no_double_quotes() {
+        let frame = ServerMessage::error(400, r#"found '"' in "name""#, None).to_frame();
+        assert_eq!(
+            &frame[5..],
+            br#"{"code":400,"message":"found ''' in 'name'"}"#
         );
     }
 
