@@ -9,7 +9,9 @@ use native_tls::TlsAcceptor;
 
 use crate::admin::{self, AdminHandle};
 use crate::application::UserStore;
-use crate::config::Config;
+use crate::application::auth::AuthLimits;
+use crate::config::{Config, LimitsConfig};
+use crate::domain::limits::BackoffPolicy;
 use crate::infrastructure::{DataDirLock, LoadError, LockError, UsersFile};
 use crate::tcp::{Limits, Server, ServerHandle, Settings, TlsError, build_acceptor};
 
@@ -135,11 +137,32 @@ pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
             idle_timeout: config.idle_timeout,
             handshake_timeout: config.tls_handshake_timeout,
             outbound_queue_bytes: config.outbound_queue_bytes,
+            max_connections_per_ip: config.limits.max_connections_per_ip,
+            login_timeout: config.limits.login_timeout,
+            frames_per_second: config.limits.frames_per_second,
+            frame_burst: f64::from(config.limits.frame_burst),
+            rate_violations_before_disconnect: config.limits.rate_violations_before_disconnect,
         },
+        auth_limits: auth_limits(&config.limits),
         ringing_timeout: config.ringing_timeout,
         bcrypt_cost: config.bcrypt_cost,
         hash_concurrency: config.max_concurrent_hashes,
         tls,
+    }
+}
+
+fn auth_limits(l: &LimitsConfig) -> AuthLimits {
+    let policy = |free_failures| BackoffPolicy {
+        free_failures,
+        initial: l.login_backoff_initial,
+        max: l.login_backoff_max,
+        // Forgotten once a full maximum wait has passed without a failure.
+        forget_after: l.login_backoff_max * 2,
+    };
+    AuthLimits {
+        per_user: policy(l.failed_logins_per_user),
+        per_ip: policy(l.failed_logins_per_ip),
+        registrations_per_ip_per_minute: l.registrations_per_ip_per_minute,
     }
 }
 

@@ -10,6 +10,7 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use switchboard::application::auth::AuthLimits;
 use switchboard::application::{Authenticator, PasswordHasher, UserStore};
 use switchboard::config::{Config, Overrides};
 use switchboard::infrastructure::{DataDirLock, UsersFile};
@@ -218,9 +219,9 @@ fn user(config: &Config, action: UserAction) -> Result<(), Failure> {
     match action {
         UserAction::Add { username, password } => {
             let secret = read(&password)?;
-            let auth = Authenticator::new(store.clone(), hasher()?);
+            let auth = Authenticator::new(store.clone(), hasher()?, AuthLimits::unlimited());
             let user = auth
-                .register(&username, &secret)
+                .register(&username, &secret, std::net::IpAddr::from([127, 0, 0, 1]))
                 .map_err(|e| (if e.code() == 400 { 2 } else { 1 }, e.to_string()))?;
             println!("added user_id={} username={}", user.id, user.username);
         }

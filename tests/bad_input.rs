@@ -267,6 +267,9 @@ fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
     let server = TestServer::start_with(|c| {
         c.max_frame_bytes = 16 * 1024;
         c.outbound_queue_bytes = 64 * 1024;
+        // This test is about the queue cap, not the frame rate limit.
+        c.limits.frames_per_second = 1e6;
+        c.limits.frame_burst = 1_000_000;
     });
     let (mut flooder, _) = server.user("flooder");
     let (mut sleeper, sleeper_id) = server.user("sleeper");
@@ -306,7 +309,11 @@ fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
 /// moved for the idle timeout, closes it.
 #[test]
 fn a_client_that_never_reads_its_answers_is_closed_when_output_stalls() {
-    let server = TestServer::start_with(|c| c.idle_timeout = Duration::from_millis(500));
+    let server = TestServer::start_with(|c| {
+        c.idle_timeout = Duration::from_millis(500);
+        c.limits.frames_per_second = 1e6;
+        c.limits.frame_burst = 1_000_000;
+    });
     let client = server.client();
     let mut out = client.tcp().try_clone().unwrap();
     let writer = std::thread::spawn(move || {

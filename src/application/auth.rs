@@ -2,14 +2,17 @@
 //! how many hashes run at once so a login flood cannot starve signaling.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
 use sha2::{Digest, Sha256};
 
 use super::error::AppError;
 use super::ports::{StoreError, UserRecord, UserStore};
+use crate::domain::limits::{Backoff, BackoffPolicy, Window};
+use crate::domain::user::username_key;
 use crate::domain::{validate_secret, validate_username};
 use crate::metrics::Metrics;
 
@@ -114,28 +117,101 @@ fn bcrypt_input(secret: &str) -> Cow<'_, [u8]> {
     }
 }
 
+/// Limits on guessing and on account creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Back-off for failed logins to one username, from anywhere.
+    pub per_user: BackoffPolicy,
+    /// Back-off for failed logins from one source address, to any username.
+    pub per_ip: BackoffPolicy,
+    pub registrations_per_ip_per_minute: u32,
+}
+
+impl AuthLimits {
+    /// No limits (operator commands on the local machine).
+    pub fn unlimited() -> AuthLimits {
+        let never = BackoffPolicy {
+            free_failures: u32::MAX,
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            forget_after: Duration::ZERO,
+        };
+        AuthLimits {
+            per_user: never,
+            per_ip: never,
+            registrations_per_ip_per_minute: u32::MAX,
+        }
+    }
+}
+
+/// Remembered keys per back-off table.
+const THROTTLE_CAPACITY: usize = 100_000;
+
+struct Throttles {
+    users: Backoff<String>,
+    ips: Backoff<IpAddr>,
+    registrations: Window<IpAddr>,
+}
+
+fn rate_limited(what: &str, wait: Duration) -> AppError {
+    AppError::RateLimited {
+        message: format!("{what}; retry in {} ms", wait.as_millis().max(1)),
+        retry_after: wait,
+    }
+}
+
 /// The REGISTER and LOGIN use cases.
 pub struct Authenticator {
     users: Arc<dyn UserStore>,
     hasher: PasswordHasher,
+    throttles: Mutex<Throttles>,
 }
 
 impl Authenticator {
-    pub fn new(users: Arc<dyn UserStore>, hasher: PasswordHasher) -> Authenticator {
-        Authenticator { users, hasher }
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        hasher: PasswordHasher,
+        limits: AuthLimits,
+    ) -> Authenticator {
+        let window = Duration::from_secs(60);
+        Authenticator {
+            users,
+            hasher,
+            throttles: Mutex::new(Throttles {
+                users: Backoff::new(limits.per_user, THROTTLE_CAPACITY),
+                ips: Backoff::new(limits.per_ip, THROTTLE_CAPACITY),
+                registrations: Window::new(limits.registrations_per_ip_per_minute, window),
+            }),
+        }
     }
 
-    /// Creates an account; returns once it is on disk.
+    fn throttles(&self) -> MutexGuard<'_, Throttles> {
+        self.throttles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates an account for a client at `from`; returns once it is on disk.
     ///
     /// # Errors
-    /// 400 for a bad name or secret, 409 if the name is taken, 500 if storage failed.
-    pub fn register(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
+    /// 400 for a bad name or secret, 409 if the name is taken, 429 past the
+    /// per-address registration limit, 500 if storage failed.
+    pub fn register(
+        &self,
+        username: &str,
+        secret: &str,
+        from: IpAddr,
+    ) -> Result<UserRecord, AppError> {
         validate_username(username).map_err(|e| AppError::BadRequest(e.to_string()))?;
         validate_secret(secret).map_err(AppError::BadRequest)?;
         // Checked first so a taken name costs no hash; create() checks again.
         if self.users.find_by_name(username).is_some() {
             return Err(AppError::Conflict("username is taken".into()));
         }
+        self.throttles()
+            .registrations
+            .admit(&from, Instant::now())
+            .map_err(|wait| rate_limited("too many registrations from your address", wait))?;
         let hash = self.hasher.hash(secret)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -152,20 +228,49 @@ impl Authenticator {
             })
     }
 
-    /// Checks credentials. Unknown users and wrong secrets fail alike, in the same time.
+    /// Checks credentials from a client at `from`. Unknown users and wrong
+    /// secrets fail alike, in the same time, and both count towards back-off
+    /// for the username and for the address; while either is backing off, the
+    /// attempt is refused before any hashing.
     ///
     /// # Errors
-    /// 401 for bad credentials, 400 for a malformed secret.
-    pub fn verify(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
+    /// 401 for bad credentials, 429 while backing off, 400 for a malformed secret.
+    pub fn verify(
+        &self,
+        username: &str,
+        secret: &str,
+        from: IpAddr,
+    ) -> Result<UserRecord, AppError> {
         validate_secret(secret).map_err(AppError::BadRequest)?;
-        let user = self.users.find_by_name(username);
-        if self
-            .hasher
-            .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()))
+        let key = username_key(username);
         {
-            user.ok_or(AppError::InvalidCredentials)
-        } else {
-            Err(AppError::InvalidCredentials)
+            let now = Instant::now();
+            let throttles = self.throttles();
+            throttles
+                .users
+                .check(&key, now)
+                .map_err(|wait| rate_limited("too many failed logins for this username", wait))?;
+            throttles
+                .ips
+                .check(&from, now)
+                .map_err(|wait| rate_limited("too many failed logins from your address", wait))?;
+        }
+        let user = self.users.find_by_name(username);
+        let ok = self
+            .hasher
+            .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()));
+        let mut throttles = self.throttles();
+        match user {
+            Some(user) if ok => {
+                throttles.users.succeed(&key);
+                Ok(user)
+            }
+            _ => {
+                let now = Instant::now();
+                throttles.users.fail(&key, now);
+                throttles.ips.fail(&from, now);
+                Err(AppError::InvalidCredentials)
+            }
         }
     }
 }

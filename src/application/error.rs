@@ -1,6 +1,7 @@
 //! Typed failures of the use cases, and the one place that maps them to wire codes.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::domain::CallError;
 
@@ -21,6 +22,11 @@ pub enum AppError {
     Conflict(String),
     /// 413: a frame or message is too large.
     TooLarge(String),
+    /// 429: too many requests; try again after `retry_after`.
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
     /// 500: the server failed (storage); nothing was half-done.
     Internal(String),
     /// 503: the server cannot take this now (full, shutting down).
@@ -37,6 +43,7 @@ impl AppError {
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
             AppError::TooLarge(_) => 413,
+            AppError::RateLimited { .. } => 429,
             AppError::Internal(_) => 500,
             AppError::Unavailable(_) => 503,
         }
@@ -48,6 +55,7 @@ impl fmt::Display for AppError {
         match self {
             AppError::LoginRequired => f.write_str("login required"),
             AppError::InvalidCredentials => f.write_str("invalid username or password"),
+            AppError::RateLimited { message, .. } => f.write_str(message),
             AppError::BadRequest(m)
             | AppError::Forbidden(m)
             | AppError::NotFound(m)
@@ -55,6 +63,19 @@ impl fmt::Display for AppError {
             | AppError::TooLarge(m)
             | AppError::Internal(m)
             | AppError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl AppError {
+    /// For 429: milliseconds until a retry can succeed (rounded up).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            AppError::RateLimited { retry_after, .. } => Some(
+                retry_after.as_millis() as u64
+                    + u64::from(retry_after.subsec_nanos() % 1_000_000 != 0),
+            ),
+            _ => None,
         }
     }
 }

@@ -67,6 +67,39 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The admin HTTP listener (/healthz, /metrics); off when `None`.
     pub admin_bind: Option<SocketAddr>,
+    pub limits: LimitsConfig,
+}
+
+/// The `limits.*` keys: what one client, or one address, may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub max_connections_per_ip: usize,
+    pub login_timeout: Duration,
+    pub frames_per_second: f64,
+    pub frame_burst: u32,
+    pub rate_violations_before_disconnect: u32,
+    pub registrations_per_ip_per_minute: u32,
+    pub failed_logins_per_user: u32,
+    pub failed_logins_per_ip: u32,
+    pub login_backoff_initial: Duration,
+    pub login_backoff_max: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_connections_per_ip: 32,
+            login_timeout: Duration::from_secs(10),
+            frames_per_second: 100.0,
+            frame_burst: 200,
+            rate_violations_before_disconnect: 50,
+            registrations_per_ip_per_minute: 10,
+            failed_logins_per_user: 5,
+            failed_logins_per_ip: 20,
+            login_backoff_initial: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(900),
+        }
+    }
 }
 
 impl Default for Config {
@@ -88,6 +121,7 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             drain_timeout: Duration::from_secs(5),
             admin_bind: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -119,6 +153,22 @@ struct File {
     calls: CallsSection,
     logging: LoggingSection,
     admin: AdminSection,
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LimitsSection {
+    max_connections_per_ip: Option<usize>,
+    login_timeout_secs: Option<f64>,
+    frames_per_second: Option<f64>,
+    frame_burst: Option<u32>,
+    rate_violations_before_disconnect: Option<u32>,
+    registrations_per_ip_per_minute: Option<u32>,
+    failed_logins_per_user: Option<u32>,
+    failed_logins_per_ip: Option<u32>,
+    login_backoff_initial_secs: Option<f64>,
+    login_backoff_max_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,7 +540,79 @@ fn resolve(
         log_level,
         drain_timeout,
         admin_bind,
+        limits: resolve_limits(file.limits)?,
     })
+}
+
+fn at_least_one<T: PartialOrd + From<u8> + Copy>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= T::from(1) => Ok(v),
+        Some(_) => Err(ConfigError::at(key, "must be at least 1")),
+    }
+}
+
+fn resolve_limits(l: LimitsSection) -> Result<LimitsConfig, ConfigError> {
+    let d = LimitsConfig::default();
+    let limits = LimitsConfig {
+        max_connections_per_ip: at_least_one(
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip.map(|n| n as u32),
+            d.max_connections_per_ip as u32,
+        )? as usize,
+        login_timeout: seconds(
+            "limits.login_timeout_secs",
+            l.login_timeout_secs,
+            d.login_timeout,
+            3600.0,
+        )?,
+        frames_per_second: match l.frames_per_second {
+            None => d.frames_per_second,
+            Some(r) if r > 0.0 && r.is_finite() => r,
+            Some(r) => {
+                return Err(ConfigError::at(
+                    "limits.frames_per_second",
+                    format!("must be more than 0 (got {r})"),
+                ));
+            }
+        },
+        frame_burst: at_least_one("limits.frame_burst", l.frame_burst, d.frame_burst)?,
+        rate_violations_before_disconnect: at_least_one(
+            "limits.rate_violations_before_disconnect",
+            l.rate_violations_before_disconnect,
+            d.rate_violations_before_disconnect,
+        )?,
+        registrations_per_ip_per_minute: at_least_one(
+            "limits.registrations_per_ip_per_minute",
+            l.registrations_per_ip_per_minute,
+            d.registrations_per_ip_per_minute,
+        )?,
+        failed_logins_per_user: l.failed_logins_per_user.unwrap_or(d.failed_logins_per_user),
+        failed_logins_per_ip: l.failed_logins_per_ip.unwrap_or(d.failed_logins_per_ip),
+        login_backoff_initial: seconds(
+            "limits.login_backoff_initial_secs",
+            l.login_backoff_initial_secs,
+            d.login_backoff_initial,
+            3600.0,
+        )?,
+        login_backoff_max: seconds(
+            "limits.login_backoff_max_secs",
+            l.login_backoff_max_secs,
+            d.login_backoff_max,
+            86400.0,
+        )?,
+    };
+    if limits.login_backoff_max < limits.login_backoff_initial {
+        return Err(ConfigError::at(
+            "limits.login_backoff_max_secs",
+            "must not be less than limits.login_backoff_initial_secs",
+        ));
+    }
+    Ok(limits)
 }
 
 /// `--pkcs12` or `--cert` on the command line means "serve TLS".
@@ -586,6 +708,18 @@ mod tests {
             ),
             (r#"{"logging":{"log_level":"loud"}}"#, "logging.log_level"),
             (r#"{"admin":{"bind_address":"9090"}}"#, "admin.bind_address"),
+            (
+                r#"{"limits":{"max_connections_per_ip":0}}"#,
+                "limits.max_connections_per_ip",
+            ),
+            (
+                r#"{"limits":{"frames_per_second":-5}}"#,
+                "limits.frames_per_second",
+            ),
+            (
+                r#"{"limits":{"login_backoff_initial_secs":10,"login_backoff_max_secs":5}}"#,
+                "limits.login_backoff_max_secs",
+            ),
             (
                 r#"{"server":{"drain_timeout_secs":0}}"#,
                 "server.drain_timeout_secs",

@@ -4,6 +4,7 @@
 //! argument, so every rule is unit-tested without sleeping.
 
 pub mod call;
+pub mod limits;
 pub mod user;
 
 pub use call::{Call, CallBook, CallError, CallId, CallPhase, EndReason, Ended};

@@ -22,6 +22,7 @@ use super::server::Shared;
 use super::transport::Transport;
 use crate::application::{AppError, ConnId};
 use crate::domain::UserId;
+use crate::domain::limits::TokenBucket;
 use crate::metrics::Metrics;
 
 /// Stop reading and processing input while this much output is unsent.
@@ -67,6 +68,9 @@ pub struct Connection {
     last_frame: Instant,
     /// Since when reading has been paused for unsent output, if it is.
     stalled_since: Option<Instant>,
+    bucket: TokenBucket,
+    /// Frames refused by the bucket in a row.
+    violations: u32,
     closing: Option<Closing>,
 }
 
@@ -79,6 +83,8 @@ impl Connection {
         transport: Transport,
         outbox: Arc<Outbox>,
     ) -> Connection {
+        let limits = &shared.limits;
+        let bucket = TokenBucket::new(limits.frames_per_second, limits.frame_burst, opened);
         Connection {
             id,
             peer,
@@ -95,6 +101,8 @@ impl Connection {
             input_closed: false,
             last_frame: Instant::now(),
             stalled_since: None,
+            bucket,
+            violations: 0,
             closing: None,
         }
     }
@@ -169,9 +177,13 @@ impl Connection {
                 self.last_frame = Instant::now();
             }
             let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + idle;
+            let login_deadline = match self.session {
+                Session::Anonymous => Some(self.opened + self.shared.limits.login_timeout),
+                Session::Authenticated { .. } => None,
+            };
             let deadline = match &self.closing {
                 Some(closing) => closing.deadline,
-                None => idle_deadline,
+                None => login_deadline.map_or(idle_deadline, |login| login.min(idle_deadline)),
             };
             let (sock_ready, woken) = {
                 let mut fds = [
@@ -192,6 +204,13 @@ impl Connection {
                 }
             } else if hung_up && !sock_ready.contains(PollFlags::OUT) {
                 return Ok("connection lost".into());
+            }
+            if self.closing.is_none() && login_deadline.is_some_and(|d| Instant::now() >= d) {
+                let secs = self.shared.limits.login_timeout.as_secs_f64();
+                let message = format!("login timeout: no login within {secs} s");
+                self.reply(&ServerMessage::error(401, message, None));
+                self.start_closing("login timeout");
+                continue;
             }
             if self.closing.is_none() && Instant::now() >= idle_deadline {
                 return Ok(if paused {
@@ -290,6 +309,9 @@ impl Connection {
                 Ok(Some((decoded, used))) => {
                     pos += used;
                     self.last_frame = Instant::now();
+                    if !self.admit_frame() {
+                        continue;
+                    }
                     match decoded {
                         Decoded::Empty => self.reply_error(
                             AppError::BadRequest(
@@ -348,6 +370,50 @@ impl Connection {
         }
     }
 
+    pub(super) fn peer_ip(&self) -> std::net::IpAddr {
+        self.peer.ip()
+    }
+
+    /// Takes a token for one incoming frame. Without one the frame is refused
+    /// with ERROR 429; too many refusals in a row close the connection.
+    fn admit_frame(&mut self) -> bool {
+        match self.bucket.take(self.last_frame) {
+            Ok(()) => {
+                self.violations = 0;
+                true
+            }
+            Err(wait) => {
+                self.violations += 1;
+                let limits = &self.shared.limits;
+                if self.violations >= limits.rate_violations_before_disconnect {
+                    let message =
+                        "rate limit exceeded repeatedly; closing the connection".to_string();
+                    self.reply_error(
+                        AppError::RateLimited {
+                            message,
+                            retry_after: wait,
+                        },
+                        None,
+                    );
+                    self.start_closing("rate limit");
+                } else {
+                    let message = format!(
+                        "too many frames: at most {} per second",
+                        limits.frames_per_second
+                    );
+                    self.reply_error(
+                        AppError::RateLimited {
+                            message,
+                            retry_after: wait,
+                        },
+                        None,
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// Time since the frame being handled was read.
     pub(super) fn frame_age(&self) -> Duration {
         self.last_frame.elapsed()
@@ -355,7 +421,11 @@ impl Connection {
 
     pub(super) fn reply_error(&mut self, err: AppError, req_id: Option<super::message::ReqId>) {
         debug!("conn={} error code={} message={}", self.id, err.code(), err);
-        self.reply(&ServerMessage::error(err.code(), err.to_string(), req_id));
+        let mut message = ServerMessage::error(err.code(), err.to_string(), req_id);
+        if let ServerMessage::Error(e) = &mut message {
+            e.retry_after_ms = err.retry_after_ms();
+        }
+        self.reply(&message);
     }
 
     pub(super) fn start_closing(&mut self, reason: &str) {

@@ -185,7 +185,7 @@ impl Connection {
             Session::Anonymous => self
                 .shared
                 .auth
-                .verify(&c.username, &c.password_hash)
+                .verify(&c.username, &c.password_hash, self.peer_ip())
                 .and_then(|user| self.shared.hub.login(self.id, &user).map(|()| user)),
         };
         match result {
@@ -214,7 +214,11 @@ impl Connection {
     }
 
     fn register(&mut self, c: Credentials) -> ServerMessage {
-        match self.shared.auth.register(&c.username, &c.password_hash) {
+        match self
+            .shared
+            .auth
+            .register(&c.username, &c.password_hash, self.peer_ip())
+        {
             Ok(user) => {
                 info!(
                     "registered conn={} user_id={} username={}",
@@ -242,6 +246,7 @@ fn failure(err: AppError, req_id: Option<ReqId>) -> AuthResponse {
         success: false,
         error: Some(super::message::wire_text(err.to_string())),
         code: Some(err.code()),
+        retry_after_ms: err.retry_after_ms(),
         req_id,
         ..AuthResponse::default()
     }

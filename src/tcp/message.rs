@@ -301,6 +301,7 @@ impl ServerMessage {
         ServerMessage::Error(ErrorMessage {
             code,
             message: wire_text(message),
+            retry_after_ms: None,
             req_id,
         })
     }
@@ -410,6 +411,9 @@ pub struct AuthResponse {
     /// On failure, the error code (as in ERROR).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    /// With code 429: how long to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
 }
@@ -457,6 +461,9 @@ pub struct CallAnswered {
 pub struct ErrorMessage {
     pub code: u16,
     pub message: String,
+    /// With code 429: how long to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
 }

@@ -1,11 +1,12 @@
 //! The listener: admits connections, spawns one thread each, and shuts down.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use super::connection::Connection;
 use super::message::{MessageType, ServerMessage};
 use super::outbox::{Connections, Outbox};
 use super::transport::{Transport, accept_tls};
+use crate::application::auth::AuthLimits;
 use crate::application::{Authenticator, Hub, Notifier, PasswordHasher, SessionEnd, UserStore};
 use crate::metrics::{Gauges, Metrics};
 
@@ -35,11 +37,21 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Cap on bytes queued for one connection before it counts as a slow consumer.
     pub outbound_queue_bytes: usize,
+    /// Concurrent connections from one source address.
+    pub max_connections_per_ip: usize,
+    /// A connection not logged in by then is closed.
+    pub login_timeout: Duration,
+    /// Frames per second per connection (token bucket rate) and burst.
+    pub frames_per_second: f64,
+    pub frame_burst: f64,
+    /// Frames refused by the rate limit, in a row, before the connection is closed.
+    pub rate_violations_before_disconnect: u32,
 }
 
 /// Everything the server is built from, besides the listener and the store.
 pub struct Settings {
     pub limits: Limits,
+    pub auth_limits: AuthLimits,
     pub ringing_timeout: Duration,
     pub bcrypt_cost: u32,
     pub hash_concurrency: usize,
@@ -56,6 +68,8 @@ pub struct Shared {
     /// Replaced on SIGHUP; each handshake takes the acceptor current at its start.
     tls: RwLock<Option<Arc<TlsAcceptor>>>,
     open: AtomicUsize,
+    /// Open connections per source address; entries at zero are removed.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     rejecting: AtomicUsize,
     draining: AtomicBool,
 }
@@ -114,12 +128,13 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 hub,
-                auth: Authenticator::new(users, hasher),
+                auth: Authenticator::new(users, hasher, settings.auth_limits),
                 connections,
                 limits: settings.limits,
                 metrics,
                 tls: RwLock::new(settings.tls.map(Arc::new)),
                 open: AtomicUsize::new(0),
+                per_ip: Mutex::default(),
                 rejecting: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
             }),
@@ -353,13 +368,51 @@ fn accept_loop(
 struct Slot {
     shared: Arc<Shared>,
     id: crate::application::ConnId,
+    ip: IpAddr,
     _done: Sender<()>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.connections.remove(self.id);
-        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        self.shared.release(self.ip);
+    }
+}
+
+impl Shared {
+    /// Takes a connection slot, globally and for `ip`.
+    ///
+    /// # Errors
+    /// The refusal's code and message when either limit is reached.
+    fn reserve(&self, ip: IpAddr) -> Result<(), (u16, String)> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.open.load(Ordering::SeqCst) >= self.limits.max_connections {
+            return Err((503, "server is at max_connections; try again later".into()));
+        }
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.limits.max_connections_per_ip {
+            return Err((
+                429,
+                format!(
+                    "too many connections from your address (limit {})",
+                    self.limits.max_connections_per_ip
+                ),
+            ));
+        }
+        *count += 1;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+        self.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -372,9 +425,8 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
         warn!("socket setup failed peer={peer}: {err}");
         return;
     }
-    if shared.open.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_connections {
-        shared.open.fetch_sub(1, Ordering::SeqCst);
-        reject_full(shared, stream, peer);
+    if let Err((code, message)) = shared.reserve(peer.ip()) {
+        refuse(shared, stream, peer, code, message);
         return;
     }
     Metrics::count(&shared.metrics.connections_total);
@@ -382,7 +434,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
     let outbox = match Outbox::new(shared.limits.outbound_queue_bytes) {
         Ok(outbox) => Arc::new(outbox),
         Err(err) => {
-            shared.open.fetch_sub(1, Ordering::SeqCst);
+            shared.release(peer.ip());
             warn!("cannot create wake-up for peer={peer}: {err}");
             return;
         }
@@ -391,6 +443,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, done: &Sender<()>) {
     let slot = Slot {
         shared: shared.clone(),
         id,
+        ip: peer.ip(),
         _done: done.clone(),
     };
     let spawned = thread::Builder::new()
@@ -439,14 +492,17 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
     drop(slot);
 }
 
-/// Answers a client over `max_connections` with ERROR 503 and closes it.
-fn reject_full(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    warn!(
-        "connection refused peer={peer} reason=max_connections ({}) reached",
-        shared.limits.max_connections
-    );
-    let frame =
-        ServerMessage::error(503, "server is at max_connections; try again later", None).to_frame();
+/// Answers a client over a connection limit with an ERROR and closes it.
+fn refuse(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    code: u16,
+    message: String,
+) {
+    warn!("connection refused peer={peer} code={code} reason={message}");
+    shared.metrics.error(code);
+    let frame = ServerMessage::error(code, message, None).to_frame();
     let Some(acceptor) = shared.tls_acceptor() else {
         // A fresh socket's send buffer takes these few bytes at once.
         let _ = stream.write_all(&frame);
