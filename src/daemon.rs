@@ -60,6 +60,8 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A running daemon: the server, the admin listener if configured, and the
 /// data-directory lock, held until it stops.
 pub struct Running {
@@ -109,6 +111,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
+    // std listens with a backlog of 128; a reconnect storm overflows that and
+    // clients wait out SYN retransmits. Listening again raises it (the kernel
+    // caps it at net.core.somaxconn).
+    if let Err(err) = rustix::net::listen(&listener, LISTEN_BACKLOG) {
+        warn!("cannot raise the listen backlog: {err}");
+    }
     if let Ok(bound) = listener.local_addr() {
         info!("listening on {bound}");
     }

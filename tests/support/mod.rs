@@ -371,3 +371,21 @@ pub fn connect_call(a: &mut Client, b: &mut Client, b_id: &str) -> String {
     assert_eq!(accepted.str("call_id"), call_id);
     call_id
 }
+
+/// Connects from a chosen loopback source address (127.0.0.x), to look like another host.
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind source address");
+    socket.connect(&to.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp.set_nodelay(true).expect("nodelay");
+    Client {
+        stream: Box::new(tcp.try_clone().expect("clone")),
+        tcp,
+        skipped: Vec::new(),
+    }
+}

@@ -1,0 +1,223 @@
+//! Limits: each refusal is a clear ERROR, and honest clients keep being served.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::tcp::MessageType as T;
+
+use crate::support::{Client, TestServer, connect_call, connect_from};
+
+/// Over the per-address limit a new connection gets ERROR 429 and is closed;
+/// another address is still served, and a freed slot can be reused.
+#[test]
+fn connections_per_address_are_limited() {
+    let server = TestServer::start_with(|c| c.limits.max_connections_per_ip = 3);
+    let mut held: Vec<Client> = (0..3).map(|_| server.client()).collect();
+    held[0].barrier();
+    let mut refused = server.client();
+    let e = refused.expect_error(429);
+    assert!(
+        e.str("message")
+            .contains("too many connections from your address"),
+        "{}",
+        e.body
+    );
+    assert!(refused.is_closed_by_server());
+    connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).barrier();
+    held.pop().map(Client::drop_connection);
+    server.wait_until_clean(2);
+    server.client().barrier();
+}
+
+/// A connection that does not log in within the login timeout gets ERROR 401
+/// and is closed; a logged-in one opened at the same time stays.
+#[test]
+fn connections_that_never_log_in_are_closed_at_the_login_timeout() {
+    let server = TestServer::start_with(|c| c.limits.login_timeout = Duration::from_millis(400));
+    let mut anonymous = server.client();
+    let (mut alice, _) = server.user("alice");
+    let e = anonymous.expect_error(401);
+    assert!(e.str("message").starts_with("login timeout"), "{}", e.body);
+    assert!(anonymous.is_closed_by_server());
+    alice.send(T::UserListRequest, json!({}));
+    alice.expect(T::UserListResponse);
+}
+
+/// max_connections holds under a flood of 2,000 connections that never speak,
+/// while a logged-in pair's call keeps relaying.
+#[test]
+fn max_connections_holds_under_a_flood_of_silent_connections() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 100;
+        c.limits.max_connections_per_ip = 10_000;
+    });
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, bob_id) = server.user("bob");
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    let addr = server.addr;
+    let flooding = Arc::new(AtomicBool::new(true));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (flooding, opened) = (flooding.clone(), opened.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for _ in 0..500 {
+                    if let Ok(s) = std::net::TcpStream::connect(addr) {
+                        held.push(s);
+                        opened.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                // Held open, silent, until the test is done.
+                while flooding.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                held.len()
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    for i in 0..200 {
+        alice.send(T::IceCandidate, json!({"call_id": call_id, "candidate": format!("c{i}"), "sdp_mid": "0", "sdp_mline_index": 0}));
+        assert_eq!(
+            bob.expect(T::IceCandidate).str("candidate"),
+            format!("c{i}")
+        );
+        peak = peak.max(server.stats().open_connections);
+    }
+    while opened.load(Ordering::SeqCst) < 2000 {
+        peak = peak.max(server.stats().open_connections);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak = peak.max(server.stats().open_connections);
+    flooding.store(false, Ordering::SeqCst);
+    let total: usize = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(total, 2000);
+    assert!(peak <= 100, "open connections peaked at {peak}");
+    alice.send(T::Hangup, json!({}));
+    bob.expect(T::Hangup);
+}
+
+/// Frames beyond the token bucket get ERROR 429 with retry_after_ms; a client
+/// that keeps going is disconnected; the bucket refills for one that waits.
+#[test]
+fn frames_beyond_the_rate_get_429_and_sustained_abuse_disconnects() {
+    let server = TestServer::start_with(|c| {
+        c.limits.frames_per_second = 20.0;
+        c.limits.frame_burst = 5;
+        c.limits.rate_violations_before_disconnect = 10;
+    });
+    let mut polite = server.client();
+    let heartbeat = crate::support::encode(T::Heartbeat, &json!({"timestamp": 1}));
+    polite.send_raw(&heartbeat.repeat(8));
+    let answers: Vec<_> = (0..8).map(|_| polite.next()).collect();
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|f| f.kind == T::Heartbeat.code())
+            .count(),
+        5,
+        "the burst"
+    );
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|f| f.kind == T::Error.code())
+        .collect();
+    assert_eq!(refused.len(), 3);
+    let wait = refused[2].body["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!(
+        refused[2].body["code"] == 429 && wait >= 1 && wait <= 50,
+        "{}",
+        refused[2].body
+    );
+
+    let mut abuser = server.client();
+    abuser.send_raw(&heartbeat.repeat(100));
+    assert!(abuser.is_closed_by_server());
+    let last = abuser.skipped.last().expect("told why");
+    assert_eq!(last.body["code"], 429);
+    assert!(last.str("message").contains("closing"), "{}", last.body);
+
+    // The polite client, once its bucket has refilled, is served as before.
+    std::thread::sleep(Duration::from_millis(wait));
+    polite.send(T::Heartbeat, json!({"timestamp": 2}));
+    assert_eq!(polite.expect(T::Heartbeat).body["timestamp"], 2);
+}
+
+/// Failed logins back off per username: after the free failures, attempts get
+/// 429 with retry_after_ms before any password check, even with the right
+/// password; after the wait, the right password works.
+#[test]
+fn failed_logins_back_off_per_username() {
+    let server = TestServer::start_with(|c| {
+        c.limits.failed_logins_per_user = 2;
+        c.limits.failed_logins_per_ip = 1000;
+        c.limits.login_backoff_initial = Duration::from_millis(300);
+    });
+    server.client().register("alice", "right");
+    let mut guesser = connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr);
+    for _ in 0..3 {
+        assert_eq!(guesser.login("alice", "wrong").body["code"], 401);
+    }
+    let refused = guesser.login("ALICE", "right");
+    assert_eq!(refused.body["code"], 429, "{}", refused.body);
+    let wait = refused.body["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!(wait > 0 && wait <= 300, "{wait}");
+    // Another address is refused too: the limit is on the username.
+    let mut elsewhere = connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr);
+    assert_eq!(elsewhere.login("alice", "right").body["code"], 429);
+    std::thread::sleep(Duration::from_millis(wait + 50));
+    elsewhere.login_ok("alice", "right");
+}
+
+/// Failed logins back off per source address, across usernames (known or not).
+#[test]
+fn failed_logins_back_off_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.limits.failed_logins_per_user = 1000;
+        c.limits.failed_logins_per_ip = 3;
+        c.limits.login_backoff_initial = Duration::from_secs(60);
+    });
+    server.client().register("alice", "right");
+    let mut sprayer = connect_from(Ipv4Addr::new(127, 0, 0, 5), server.addr);
+    for name in ["u1", "u2", "u3", "u4"] {
+        assert_eq!(sprayer.login(name, "x").body["code"], 401);
+    }
+    assert_eq!(sprayer.login("alice", "right").body["code"], 429);
+    connect_from(Ipv4Addr::new(127, 0, 0, 6), server.addr).login_ok("alice", "right");
+}
+
+/// Registrations per address per minute are limited, with retry_after_ms.
+#[test]
+fn registrations_per_address_are_limited() {
+    let server = TestServer::start_with(|c| c.limits.registrations_per_ip_per_minute = 2);
+    let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 7), server.addr);
+    c.register("user1", "pw");
+    c.register("user2", "pw");
+    c.send(
+        T::RegisterRequest,
+        json!({"username": "user3", "password_hash": "pw"}),
+    );
+    let f = c.expect(T::RegisterResponse);
+    assert_eq!(
+        (f.body["success"].as_bool(), f.body["code"].as_u64()),
+        (Some(false), Some(429)),
+        "{}",
+        f.body
+    );
+    assert!(
+        f.body["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 50_000),
+        "{}",
+        f.body
+    );
+    connect_from(Ipv4Addr::new(127, 0, 0, 8), server.addr).register("user3", "pw");
+}
