@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod binary;
 mod calls;
+mod faults;
 mod limits;
 mod operations;
 mod persistence;

@@ -154,3 +154,24 @@ fn a_wrong_pkcs12_password_refuses_the_start() {
     assert!(stderr.contains("server.pkcs12_path"), "{stderr}");
     assert!(stdout.is_empty());
 }
+
+/// Garbage on the TLS port is closed, and every connection thread ends.
+#[test]
+fn garbage_on_the_tls_port_is_closed_without_leaking_threads() {
+    let (server, certs) = pkcs12_server(|_| {});
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0u8; 64],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0..=255u8).cycle().take(5000).collect(),
+        vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00],
+    ];
+    for bytes in garbage {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&bytes);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    server.wait_until_clean(0);
+    Client::tls(server.addr, &certs.ca_pem).barrier();
+}

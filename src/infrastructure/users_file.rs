@@ -461,6 +461,31 @@ mod tests {
         assert_eq!(reloaded.create("dave", HASH, 4).unwrap().id, UserId(4));
     }
 
+    /// A write that fails (a full disk: /dev/full) leaves nothing behind: no
+    /// user, no reserved name, no id consumed from the file, and the name can
+    /// be registered once the disk has room again.
+    #[test]
+    fn a_failed_append_leaves_nothing_behind() {
+        let dir = dir();
+        let path = dir.path().join("users.txt");
+        let store = UsersFile::open(&path).unwrap();
+        store.create("alice", HASH, 1).unwrap();
+        let before = fs::read(&path).unwrap();
+        let real = std::mem::replace(
+            &mut *lock(&store.writer),
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        match store.create("bob", HASH, 2) {
+            Err(StoreError::Io(err)) => assert_eq!(err.raw_os_error(), Some(28), "{err}"),
+            other => panic!("expected ENOSPC, got {other:?}"),
+        }
+        assert!(store.find_by_name("bob").is_none());
+        assert_eq!(fs::read(&path).unwrap(), before);
+        *lock(&store.writer) = real;
+        store.create("bob", HASH, 3).unwrap();
+        assert_eq!(UsersFile::open(&path).unwrap().len(), 2);
+    }
+
     /// A missing file is created (with its directory) holding only the header comment.
     #[test]
     fn a_missing_file_is_created() {

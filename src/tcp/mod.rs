@@ -7,6 +7,8 @@ mod handlers;
 pub mod message;
 pub mod outbox;
 mod poll;
+#[cfg(test)]
+mod properties;
 pub mod server;
 pub mod tls;
 pub mod transport;
