@@ -223,3 +223,29 @@ fn registrations_per_address_are_limited() {
     );
     connect_from(Ipv4Addr::new(127, 0, 0, 8), server.addr).register("user3", "pw");
 }
+
+/// After LOGOUT the connection stays open and the login timeout starts afresh.
+#[test]
+fn the_login_timeout_starts_afresh_after_logout() {
+    let server = TestServer::start_with(|c| c.limits.login_timeout = Duration::from_millis(400));
+    let (mut alice, _) = server.user("alice");
+    // Logged in for longer than the login timeout.
+    std::thread::sleep(Duration::from_millis(600));
+    alice.send(T::LogoutRequest, json!({}));
+    alice.expect(T::LogoutResponse);
+    alice.send(T::Heartbeat, json!({"timestamp": 5}));
+    assert_eq!(
+        alice.expect(T::Heartbeat).body["timestamp"],
+        5,
+        "still open after logout"
+    );
+    alice.login_ok("alice", "secret");
+    alice.send(T::LogoutRequest, json!({}));
+    alice.expect(T::LogoutResponse);
+    assert!(
+        alice
+            .expect_error(401)
+            .str("message")
+            .starts_with("login timeout")
+    );
+}

@@ -66,6 +66,9 @@ pub struct Connection {
     /// The peer sent EOF: answer what was read, then close.
     input_closed: bool,
     last_frame: Instant,
+    /// Since when the connection has had no session (opened, or logged out):
+    /// the login timeout counts from here.
+    anonymous_since: Instant,
     /// Since when reading has been paused for unsent output, if it is.
     stalled_since: Option<Instant>,
     bucket: TokenBucket,
@@ -100,6 +103,7 @@ impl Connection {
             queue_pending: false,
             input_closed: false,
             last_frame: Instant::now(),
+            anonymous_since: opened,
             stalled_since: None,
             bucket,
             violations: 0,
@@ -178,7 +182,7 @@ impl Connection {
             }
             let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + idle;
             let login_deadline = match self.session {
-                Session::Anonymous => Some(self.opened + self.shared.limits.login_timeout),
+                Session::Anonymous => Some(self.anonymous_since + self.shared.limits.login_timeout),
                 Session::Authenticated { .. } => None,
             };
             let deadline = match &self.closing {
@@ -368,6 +372,12 @@ impl Connection {
             }
             _ => {}
         }
+    }
+
+    /// After LOGOUT: no session, and a fresh login timeout.
+    pub(super) fn end_session(&mut self) {
+        self.session = Session::Anonymous;
+        self.anonymous_since = Instant::now();
     }
 
     pub(super) fn peer_ip(&self) -> std::net::IpAddr {

@@ -163,7 +163,7 @@ impl Connection {
             Request::Logout(e) => {
                 hub.logout(conn, user)?;
                 info!("logout conn={} user_id={}", conn, user);
-                self.session = Session::Anonymous;
+                self.end_session();
                 Ok(Some(ServerMessage::LogoutResponse(LogoutResponse {
                     success: true,
                     error: None,
