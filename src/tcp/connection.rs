@@ -230,6 +230,13 @@ impl Connection {
     /// Moves queued frames into the write buffer and writes what the socket takes.
     /// Returns a reason when the connection must end now.
     fn pump_out(&mut self) -> io::Result<Option<String>> {
+        // Checked on every wake-up: with the socket full and the write buffer
+        // over the high-water mark, the queue is not drained, but an overflow
+        // must still end the connection at once.
+        if self.queue_pending && self.outbox.overflowed() {
+            Metrics::count(&self.shared.metrics.slow_consumer_disconnects);
+            return Ok(Some(CloseReason::SlowConsumer.as_str().into()));
+        }
         if self.queue_pending && self.unsent() < HIGH_WATER {
             if self.out_pos == self.outbuf.len() {
                 self.outbuf.clear();

@@ -151,6 +151,11 @@ impl Outbox {
         }
     }
 
+    /// The client overflowed its queue: close it now, whatever else is pending.
+    pub fn overflowed(&self) -> bool {
+        lock(&self.queue).close == Some(CloseReason::SlowConsumer)
+    }
+
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         lock(&self.queue).bytes
