@@ -131,6 +131,24 @@ impl TestServer {
         }
     }
 
+    /// Waits until exactly `open` connection threads are alive. A thread ends
+    /// just after its client sees the connection close, so a count read at once can lag.
+    pub fn wait_for_open_connections(&self, open: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats();
+            if s.open_connections == open {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {} open connections, expected {open}: {s:?}",
+                s.open_connections
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
