@@ -1,10 +1,11 @@
 //! Helpers every integration test shares: a real server on port 0, a client that
-//! speaks frames over TCP or TLS, certificates made at test time, and a runner
-//! for the daemon binary.
+//! speaks frames over TCP or TLS, certificates made at test time, and runners
+//! for the daemon and CLI binaries.
 
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cli;
 pub mod daemon;
 
 use std::io::{self, Read, Write};
