@@ -14,17 +14,20 @@
 //!   bounded outbound queues, TLS.
 //! - [`config`]: server_config.json, flags and environment, validated at start.
 //! - [`daemon`]: wires them together.
+//! - [`client`]: the other end of the wire, for `switchboard-cli` and scripts:
+//!   connections over TCP or TLS, one-shot requests, JSON-line sessions.
 //!
 //! Dependencies point inward: tcp -> application -> domain; infrastructure
-//! implements the application's ports.
+//! implements the application's ports. The client reuses the tcp codec, message
+//! types and transport, and nothing else of the daemon.
 
 pub mod admin;
 pub mod application;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod infrastructure;
 pub mod metrics;
-pub mod secret;
 pub mod systemd;
 pub mod tcp;

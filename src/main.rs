@@ -12,9 +12,10 @@ use signal_hook::iterator::Signals;
 
 use switchboard::application::auth::AuthLimits;
 use switchboard::application::{Authenticator, PasswordHasher, UserStore};
+use switchboard::client::password;
 use switchboard::config::{Config, Overrides};
 use switchboard::infrastructure::{DataDirLock, UsersFile};
-use switchboard::{daemon, secret, systemd, tcp};
+use switchboard::{daemon, systemd, tcp};
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -209,12 +210,8 @@ fn user(config: &Config, action: UserAction) -> Result<(), Failure> {
         PasswordHasher::new(config.bcrypt_cost, 1, Arc::default()).map_err(|e| (2, e.to_string()))
     };
     let read = |p: &PasswordArgs| {
-        secret::read_password(
-            p.password_file.as_deref(),
-            p.password.as_deref(),
-            "Password: ",
-        )
-        .map_err(|e| (2, e.to_string()))
+        password::read(p.password.clone(), p.password_file.as_deref(), "Password: ")
+            .map_err(|e| (2, e.to_string()))
     };
     match action {
         UserAction::Add { username, password } => {

@@ -190,7 +190,7 @@ fn a_panic_in_one_connection_does_not_take_the_daemon_down() {
             .map(Vec::len),
         Some(3)
     );
-    assert_eq!(server.stats().open_connections, 3);
+    server.wait_for_open_connections(3);
 }
 
 /// A connection silent for the idle timeout is closed; a logged-in user then shows Disconnected.

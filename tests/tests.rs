@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod binary;
 mod calls;
+mod cli;
 mod faults;
 mod limits;
 mod operations;

@@ -6,7 +6,7 @@ pub mod frame;
 mod handlers;
 pub mod message;
 pub mod outbox;
-mod poll;
+pub(crate) mod poll;
 #[cfg(test)]
 mod properties;
 pub mod server;

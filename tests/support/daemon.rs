@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::WAIT;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -67,6 +69,19 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The stderr once it contains `needle` (or after [`WAIT`], whatever it holds):
+    /// a log line may be written just after the effect a test observed.
+    pub fn stderr_once_it_has(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) || Instant::now() >= deadline {
+                return stderr;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the daemon and returns its stderr.

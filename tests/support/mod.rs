@@ -1,10 +1,11 @@
 //! Helpers every integration test shares: a real server on port 0, a client that
-//! speaks frames over TCP or TLS, certificates made at test time, and a runner
-//! for the daemon binary.
+//! speaks frames over TCP or TLS, certificates made at test time, and runners
+//! for the daemon and CLI binaries.
 
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cli;
 pub mod daemon;
 
 use std::io::{self, Read, Write};
@@ -117,6 +118,24 @@ impl TestServer {
                 return;
             }
             assert!(Instant::now() < deadline, "server still holds state: {s:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until exactly `open` connection threads are alive. A thread ends
+    /// just after its client sees the connection close, so a count read at once can lag.
+    pub fn wait_for_open_connections(&self, open: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats();
+            if s.open_connections == open {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {} open connections, expected {open}: {s:?}",
+                s.open_connections
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -1,0 +1,565 @@
+//! JSON-line mode: log in, then send one command per input line and write every
+//! received frame as one compact JSON line.
+//!
+//! Input: `{"type":"CALL_REQUEST","to_user_id":"2"}`. `type` is a protocol name
+//! (any case) or a numeric code (`8`, `"8"`, `"0x08"`); the rest of the object
+//! is the payload, checked against the message's fields before it is sent.
+//!
+//! Output: `{"type":"CALL_NOTIFICATION","code":9,"payload":{...}}`, the payload
+//! exactly as the server sent it.
+//!
+//! Threads: a reader thread turns input lines into channel messages and signals
+//! an eventfd; the session's own thread owns the connection and waits in poll(2)
+//! on the socket and that eventfd. The socket is never shared.
+
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::event::{EventfdFlags, eventfd};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{ClientError, Connection, Event, Frame};
+use crate::tcp::frame;
+use crate::tcp::message::{Credentials, Heartbeat, MessageType, Request, ServerMessage};
+
+/// How long one write may take when the session itself has no deadline.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an input line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    NotJson(String),
+    NotAnObject,
+    MissingType,
+    /// `type` names no message type (the text is the value as written).
+    UnknownType(String),
+    /// The type exists but only servers send it.
+    ServerOnly(MessageType),
+    /// The payload does not fit the type (the decoder's message).
+    InvalidPayload(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::NotJson(e) => write!(f, "not JSON: {e}"),
+            CommandError::NotAnObject => f.write_str("expected a JSON object"),
+            CommandError::MissingType => f.write_str("the object has no \"type\""),
+            CommandError::UnknownType(t) => write!(f, "unknown message type {t}"),
+            CommandError::ServerOnly(t) => {
+                write!(f, "{} is sent by the server, not by clients", t.name())
+            }
+            CommandError::InvalidPayload(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// One input line, checked and encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub kind: MessageType,
+    /// The payload as sent: the line's object without `type`, compact JSON.
+    pub payload: String,
+}
+
+impl Command {
+    /// The complete frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame::encode(self.kind.code(), self.payload.as_bytes())
+    }
+}
+
+/// Resolves a message type written as a name (any case) or a code (`9`, `0x09`).
+pub fn parse_type(text: &str) -> Option<MessageType> {
+    let text = text.trim();
+    let code = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        u8::from_str_radix(hex, 16).ok()
+    } else {
+        text.parse::<u8>().ok()
+    };
+    match code {
+        Some(code) => MessageType::from_code(code),
+        None => MessageType::from_name(text),
+    }
+}
+
+/// Parses one input line into a command a client may send.
+///
+/// # Errors
+/// What is wrong with the line: not a JSON object, no or unknown `type`, a
+/// server-only type, or a payload that does not fit the type.
+pub fn parse_command(line: &str) -> Result<Command, CommandError> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| CommandError::NotJson(e.to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(CommandError::NotAnObject);
+    };
+    let kind = match object.remove("type") {
+        None => return Err(CommandError::MissingType),
+        Some(Value::String(name)) => {
+            parse_type(&name).ok_or_else(|| CommandError::UnknownType(format!("{name:?}")))?
+        }
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|c| u8::try_from(c).ok())
+            .and_then(MessageType::from_code)
+            .ok_or_else(|| CommandError::UnknownType(n.to_string()))?,
+        Some(other) => return Err(CommandError::UnknownType(other.to_string())),
+    };
+    let payload = Value::Object(object).to_string();
+    match Request::parse(kind, &payload) {
+        Ok(Some(_)) => Ok(Command { kind, payload }),
+        Ok(None) => Err(CommandError::ServerOnly(kind)),
+        Err(message) => Err(CommandError::InvalidPayload(message)),
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: u8,
+    payload: Option<&'a RawValue>,
+    /// The payload as text when it is not JSON (a broken server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalid_payload: Option<String>,
+}
+
+/// A payload as one line of JSON: as received, unless it spans lines.
+fn one_line_json(payload: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    if text.contains(['\n', '\r']) {
+        // Line breaks can only be whitespace between tokens: re-serialize compactly.
+        let value: Value = serde_json::from_str(text).ok()?;
+        RawValue::from_string(value.to_string()).ok()
+    } else {
+        RawValue::from_string(text.to_string()).ok()
+    }
+}
+
+/// The JSON line for a received frame, without the newline.
+pub fn frame_line(frame: &Frame) -> String {
+    let name = frame.name();
+    let raw = one_line_json(&frame.payload);
+    let line = Line {
+        kind: &name,
+        code: frame.kind,
+        payload: raw.as_deref(),
+        invalid_payload: raw
+            .is_none()
+            .then(|| String::from_utf8_lossy(&frame.payload).into_owned()),
+    };
+    // Serializing strings, a number and validated JSON into a String cannot fail.
+    serde_json::to_string(&line).unwrap_or_else(|_| {
+        format!(
+            "{{\"type\":\"{}\",\"code\":{},\"payload\":null}}",
+            name, frame.kind
+        )
+    })
+}
+
+/// What the input reader thread reports.
+#[derive(Debug)]
+pub enum InputEvent {
+    Line(String),
+    End,
+    Failed(io::Error),
+}
+
+/// An eventfd the reader thread signals after each message it sends.
+struct Wake(OwnedFd);
+
+impl Wake {
+    fn new() -> io::Result<Wake> {
+        Ok(Wake(eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?))
+    }
+
+    fn signal(&self) {
+        // EAGAIN means the counter is already non-zero: the reader is woken anyway.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut buf);
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Input lines read on their own thread, delivered through a channel and an eventfd.
+pub struct Input {
+    events: Receiver<InputEvent>,
+    wake: Arc<Wake>,
+}
+
+impl Input {
+    /// Starts a thread reading lines from `reader` until it ends. The thread
+    /// ends at EOF, on a read error, or when the [`Input`] is dropped and the
+    /// next line arrives.
+    ///
+    /// # Errors
+    /// If no eventfd can be made or no thread started.
+    pub fn spawn<R: BufRead + Send + 'static>(mut reader: R) -> io::Result<Input> {
+        let wake = Arc::new(Wake::new()?);
+        let (tx, events) = mpsc::channel();
+        let signal = wake.clone();
+        thread::Builder::new()
+            .name("session-input".into())
+            .spawn(move || {
+                loop {
+                    let mut line = String::new();
+                    let event = match reader.read_line(&mut line) {
+                        Ok(0) => InputEvent::End,
+                        Ok(_) => InputEvent::Line(line),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => InputEvent::Failed(e),
+                    };
+                    let last = !matches!(event, InputEvent::Line(_));
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                    signal.signal();
+                    if last {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Input { events, wake })
+    }
+}
+
+/// How a session is bounded and when it stops.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Stop with success once a frame of this type has been written.
+    pub until: Option<MessageType>,
+    /// Give up with a timeout at this instant; `None`: never.
+    pub deadline: Option<Instant>,
+    /// Bound for the login answer.
+    pub login_deadline: Instant,
+    /// Send a HEARTBEAT after this long without sending anything, so the
+    /// server's idle timeout does not end a quiet session. `None`: never.
+    pub keepalive: Option<Duration>,
+}
+
+/// How a session ended successfully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The `until` frame arrived (and was written).
+    Until,
+    /// The server closed the connection, and no `until` was asked for.
+    ServerClosed,
+}
+
+fn write_line(out: &mut dyn Write, frame: &Frame) -> Result<(), ClientError> {
+    let mut line = frame_line(frame);
+    line.push('\n');
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(ClientError::Output)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Logs in, then relays `input` lines to the server and every frame to `out`
+/// until the `until` frame, the server's close, or the deadline.
+///
+/// The LOGIN_RESPONSE is written like every other frame.
+///
+/// # Errors
+/// [`ClientError::Server`] if the login fails, [`ClientError::Usage`] for a bad
+/// input line (naming its number), [`ClientError::Timeout`] at the deadline,
+/// [`ClientError::ConnectionLost`] if the server closes before `until`.
+pub fn run(
+    conn: &mut Connection,
+    username: &str,
+    secret: &str,
+    input: &Input,
+    out: &mut dyn Write,
+    options: &SessionOptions,
+) -> Result<SessionEnd, ClientError> {
+    let login_deadline =
+        earliest(Some(options.login_deadline), options.deadline).unwrap_or(options.login_deadline);
+    let login = Request::Login(Credentials {
+        username: username.to_string(),
+        password_hash: secret.to_string(),
+        req_id: None,
+    });
+    conn.send(&login, login_deadline)?;
+    loop {
+        let frame = conn.recv(login_deadline, "LOGIN_RESPONSE")?;
+        write_line(out, &frame)?;
+        if frame.is(MessageType::LoginResponse) || frame.is(MessageType::Error) {
+            match frame.decode()? {
+                ServerMessage::LoginResponse(response) => {
+                    super::commands::account(response)?;
+                }
+                ServerMessage::Error(e) => {
+                    return Err(ClientError::Server {
+                        code: Some(e.code),
+                        message: e.message,
+                    });
+                }
+                _ => {}
+            }
+            break;
+        }
+    }
+    if options.until == Some(MessageType::LoginResponse) {
+        return Ok(SessionEnd::Until);
+    }
+    relay(conn, input, out, options)
+}
+
+fn relay(
+    conn: &mut Connection,
+    input: &Input,
+    out: &mut dyn Write,
+    options: &SessionOptions,
+) -> Result<SessionEnd, ClientError> {
+    let mut input_open = true;
+    let mut line_number = 0usize;
+    let mut last_sent = Instant::now();
+    loop {
+        let next_beat = options.keepalive.map(|k| last_sent + k);
+        let wake = input_open.then(|| input.wake.fd());
+        match conn.next_event(earliest(options.deadline, next_beat), wake)? {
+            Event::Frame(frame) => {
+                write_line(out, &frame)?;
+                if options.until.is_some_and(|until| frame.is(until)) {
+                    return Ok(SessionEnd::Until);
+                }
+            }
+            Event::Woken => {
+                input.wake.clear();
+                loop {
+                    let event = match input.events.try_recv() {
+                        Ok(event) => event,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            input_open = false;
+                            break;
+                        }
+                    };
+                    match event {
+                        InputEvent::Line(line) => {
+                            line_number += 1;
+                            if line.trim().is_empty() {
+                                continue;
+                            }
+                            let command = parse_command(&line).map_err(|e| {
+                                ClientError::Usage(format!("input line {line_number}: {e}"))
+                            })?;
+                            let deadline = options
+                                .deadline
+                                .unwrap_or_else(|| Instant::now() + WRITE_TIMEOUT);
+                            conn.send_frame(&command.to_frame(), deadline)?;
+                            last_sent = Instant::now();
+                        }
+                        InputEvent::End => input_open = false,
+                        InputEvent::Failed(e) => {
+                            return Err(ClientError::Usage(format!("cannot read input: {e}")));
+                        }
+                    }
+                }
+            }
+            Event::TimedOut => {
+                let now = Instant::now();
+                if options.deadline.is_some_and(|d| now >= d) {
+                    return Err(ClientError::Timeout(match options.until {
+                        Some(until) => format!("waiting for {}", until.name()),
+                        None => "at the end of the session's --timeout".into(),
+                    }));
+                }
+                if next_beat.is_some_and(|beat| now >= beat) {
+                    let deadline = options.deadline.unwrap_or(now + WRITE_TIMEOUT);
+                    conn.send(&keepalive(), deadline)?;
+                    last_sent = Instant::now();
+                }
+            }
+            Event::Closed => {
+                return match options.until {
+                    Some(until) => Err(ClientError::ConnectionLost(format!(
+                        "the server closed the connection before {}",
+                        until.name()
+                    ))),
+                    None => Ok(SessionEnd::ServerClosed),
+                };
+            }
+        }
+    }
+}
+
+fn keepalive() -> Request {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Request::Heartbeat(Heartbeat {
+        timestamp: now_ms.into(),
+        server_time: None,
+        req_id: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(line: &str) -> Command {
+        parse_command(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    /// `type` by name in any case, by number, by decimal or hex string, all the same command.
+    #[test]
+    fn a_type_is_a_name_in_any_case_or_a_code() {
+        let lines = [
+            r#"{"type":"CALL_REQUEST","to_user_id":"2"}"#,
+            r#"{"type":"call_request","to_user_id":"2"}"#,
+            r#"{"to_user_id":"2","type":8}"#,
+            r#"{"type":"8","to_user_id":"2"}"#,
+            r#"{"type":"0x08","to_user_id":"2"}"#,
+        ];
+        for line in lines {
+            assert_eq!(
+                command(line),
+                Command {
+                    kind: MessageType::CallRequest,
+                    payload: r#"{"to_user_id":"2"}"#.into()
+                },
+                "{line}"
+            );
+        }
+    }
+
+    /// The payload keeps every field but `type`, unknown ones included, under the type's code.
+    #[test]
+    fn the_rest_of_the_object_is_the_payload() {
+        let c = command(
+            r#"{"type":"SDP_OFFER","call_id":"7","sdp":"v=0\r\n","req_id":3,"extra":true}"#,
+        );
+        let payload: Value = serde_json::from_str(&c.payload).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({"call_id":"7","sdp":"v=0\r\n","req_id":3,"extra":true})
+        );
+        let frame = c.to_frame();
+        assert_eq!(frame[4], MessageType::SdpOffer.code());
+        assert_eq!(&frame[5..], c.payload.as_bytes());
+        assert_eq!(command(r#"{"type":"USER_LIST_REQUEST"}"#).payload, "{}");
+    }
+
+    /// Lines that are not commands say why.
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let err = |line: &str| parse_command(line).unwrap_err();
+        assert!(matches!(err("CALL_REQUEST 2"), CommandError::NotJson(_)));
+        assert_eq!(err(r#"["CALL_REQUEST"]"#), CommandError::NotAnObject);
+        assert_eq!(err(r#"{"to_user_id":"2"}"#), CommandError::MissingType);
+        assert_eq!(
+            err(r#"{"type":"CALL_ME"}"#),
+            CommandError::UnknownType("\"CALL_ME\"".into())
+        );
+        assert_eq!(
+            err(r#"{"type":99}"#),
+            CommandError::UnknownType("99".into())
+        );
+        assert_eq!(
+            err(r#"{"type":-1}"#),
+            CommandError::UnknownType("-1".into())
+        );
+        assert_eq!(
+            err(r#"{"type":null}"#),
+            CommandError::UnknownType("null".into())
+        );
+        assert_eq!(
+            err(r#"{"type":"CALL_NOTIFICATION"}"#),
+            CommandError::ServerOnly(MessageType::CallNotification)
+        );
+        let CommandError::InvalidPayload(message) =
+            err(r#"{"type":"CALL_REQUEST","to_user_id":2}"#)
+        else {
+            panic!("expected an invalid payload");
+        };
+        assert!(message.contains("to_user_id"), "{message}");
+        assert!(
+            err(r#"{"type":"CALL_REQUEST"}"#)
+                .to_string()
+                .contains("to_user_id")
+        );
+    }
+
+    /// --until and commands resolve types the same way; unknown names and codes resolve to nothing.
+    #[test]
+    fn types_resolve_by_name_or_code() {
+        assert_eq!(parse_type("hangup"), Some(MessageType::Hangup));
+        assert_eq!(parse_type("16"), Some(MessageType::Hangup));
+        assert_eq!(parse_type("0x10"), Some(MessageType::Hangup));
+        assert_eq!(parse_type("0X10"), Some(MessageType::Hangup));
+        assert_eq!(parse_type("0"), None);
+        assert_eq!(parse_type("0x99"), None);
+        assert_eq!(parse_type("HANG_UP"), None);
+    }
+
+    /// A frame's line is compact, names type and code, and keeps the payload as sent.
+    #[test]
+    fn frames_become_one_compact_json_line() {
+        let frame = |kind: u8, payload: &str| Frame {
+            kind,
+            payload: payload.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            frame_line(&frame(
+                9,
+                r#"{"call_id":"5","from_user_id":"1","from_username":"alice"}"#
+            )),
+            r#"{"type":"CALL_NOTIFICATION","code":9,"payload":{"call_id":"5","from_user_id":"1","from_username":"alice"}}"#
+        );
+        // A payload spread over lines is made compact so the output stays one line per frame.
+        assert_eq!(
+            frame_line(&frame(0x10, "{\n  \"call_id\": \"5\"\n}")),
+            r#"{"type":"HANGUP","code":16,"payload":{"call_id":"5"}}"#
+        );
+        assert_eq!(
+            frame_line(&frame(0x42, "{}")),
+            r#"{"type":"0x42","code":66,"payload":{}}"#
+        );
+        assert_eq!(
+            frame_line(&frame(0x12, "{broken")),
+            r#"{"type":"ERROR","code":18,"payload":null,"invalid_payload":"{broken"}"#
+        );
+    }
+
+    /// The reader thread delivers lines in order, then the end, and signals each.
+    #[test]
+    fn the_input_thread_delivers_lines_then_the_end() {
+        let input = Input::spawn(io::Cursor::new(b"one\ntwo\n".to_vec())).unwrap();
+        let mut got = Vec::new();
+        for event in input.events.iter() {
+            match event {
+                InputEvent::Line(line) => got.push(line),
+                InputEvent::End => break,
+                InputEvent::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, ["one\n", "two\n"]);
+    }
+}

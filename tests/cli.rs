@@ -1,0 +1,634 @@
+//! switchboard-cli against a real server: every subcommand, every exit code,
+//! password sources, TLS, and JSON-line sessions.
+
+use std::fs;
+use std::net::TcpListener;
+
+use serde_json::json;
+use switchboard::tcp::{MessageType as T, TlsIdentity};
+
+use crate::support::cli::{Cli, cli};
+use crate::support::{TestServer, certs};
+
+/// Registers `name` with password `pw` through the CLI; returns the new user id.
+fn register(server: &TestServer, name: &str, pw: &str) -> String {
+    let out = cli(server.addr)
+        .args(&["register", "--username", name, "--password", pw])
+        .run();
+    out.expect_code(0);
+    let line = out.stdout.trim_end();
+    let id = line
+        .strip_prefix("registered user_id=")
+        .and_then(|rest| rest.strip_suffix(&format!(" username={name}")))
+        .unwrap_or_else(|| panic!("unexpected output\n{out}"));
+    id.to_string()
+}
+
+/// `register` prints the new user's id line; a taken name exits 1 with the server's message.
+#[test]
+fn register_prints_the_new_id_and_a_taken_name_exits_1() {
+    let server = TestServer::start();
+    assert_eq!(register(&server, "alice", "pw-a"), "1");
+    assert_eq!(register(&server, "bob", "pw-b"), "2");
+    let out = cli(server.addr)
+        .args(&["register", "--username", "alice", "--password", "other"])
+        .run();
+    out.expect_code(1);
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.stderr.contains("username is taken"), "{out}");
+}
+
+/// `login` names the user and logs out again with the right password, and exits 1 with the server's message otherwise.
+#[test]
+fn login_exits_0_with_the_right_password_and_1_with_a_wrong_one() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(out.stdout, "logged in user_id=1 username=alice\n", "{out}");
+    assert_eq!(
+        server.stats().online_users,
+        0,
+        "alice is offline once login returns"
+    );
+    for (user, pw) in [("alice", "wrong"), ("nobody", "pw-a")] {
+        let out = cli(server.addr)
+            .args(&["login", "--username", user, "--password", pw])
+            .run();
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("401") && out.stderr.contains("invalid username or password"),
+            "{out}"
+        );
+    }
+    server.wait_until_clean(0);
+}
+
+/// `users` prints one tab-separated line per user; `--json` prints the raw payload.
+#[test]
+fn users_prints_one_line_per_user_and_json_on_request() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    register(&server, "bob", "pw-b");
+    let out = cli(server.addr)
+        .args(&["users", "--username", "alice", "--password", "pw-a"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(
+        out.lines(),
+        ["1\talice\tAvailable", "2\tbob\tDisconnected"],
+        "{out}"
+    );
+    // `users` logged alice out before it returned: bob sees her offline at once.
+    let out = cli(server.addr)
+        .args(&["users", "--json", "--username", "bob", "--password", "pw-b"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        "{\"users\":[{\"user_id\":\"1\",\"username\":\"alice\",\"state\":\"Disconnected\"},\
+         {\"user_id\":\"2\",\"username\":\"bob\",\"state\":\"Available\"}]}\n",
+        "{out}"
+    );
+}
+
+/// `ping` needs no account and prints one `pong N.NNN ms` line per round trip.
+#[test]
+fn ping_needs_no_login_and_prints_each_round_trip() {
+    let server = TestServer::start();
+    let out = cli(server.addr).args(&["ping", "--count", "3"]).run();
+    out.expect_code(0);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3, "{out}");
+    for line in lines {
+        let ms = line
+            .strip_prefix("pong ")
+            .and_then(|rest| rest.strip_suffix(" ms"))
+            .unwrap_or_else(|| panic!("{line:?}\n{out}"));
+        let (whole, frac) = ms.split_once('.').expect("a decimal point");
+        assert!(whole.parse::<u64>().is_ok() && frac.len() == 3, "{line:?}");
+    }
+}
+
+/// `--addr HOST:PORT` stands for --host and --port, and --host/--port work on their own.
+#[test]
+fn the_server_is_named_by_addr_or_by_host_and_port() {
+    let server = TestServer::start();
+    let port = server.addr.port().to_string();
+    Cli::bare()
+        .args(&["--host", "127.0.0.1", "--port", &port, "ping"])
+        .run()
+        .expect_code(0);
+    // Global options may also follow the subcommand.
+    Cli::bare()
+        .args(&["ping", "--addr", &format!("127.0.0.1:{port}")])
+        .run()
+        .expect_code(0);
+}
+
+/// The password comes from the first line of --password-file, or from SWITCHBOARD_PASSWORD.
+#[test]
+fn passwords_come_from_a_file_or_the_environment() {
+    let server = TestServer::start();
+    let file = server.dir.path().join("alice.pw");
+    fs::write(&file, "from-file\nsecond line is ignored\n").unwrap();
+    let out = cli(server.addr)
+        .args(&["register", "--username", "alice", "--password-file"])
+        .args(&[file.to_str().unwrap()])
+        .run();
+    out.expect_code(0);
+    // The file's first line is the password: login with it literally works.
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "from-file"])
+        .run()
+        .expect_code(0);
+    cli(server.addr)
+        .args(&["register", "--username", "bob"])
+        .env("SWITCHBOARD_PASSWORD", "from-env")
+        .run()
+        .expect_code(0);
+    cli(server.addr)
+        .args(&["login", "--username", "bob", "--password", "from-env"])
+        .run()
+        .expect_code(0);
+    // The file wins over the environment.
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password-file"])
+        .args(&[file.to_str().unwrap()])
+        .env("SWITCHBOARD_PASSWORD", "from-env")
+        .run()
+        .expect_code(0);
+    let missing = server.dir.path().join("missing.pw");
+    let out = cli(server.addr)
+        .args(&["login", "--username", "alice", "--password-file"])
+        .args(&[missing.to_str().unwrap()])
+        .run();
+    out.expect_code(2);
+    assert!(out.stderr.contains("cannot read password file"), "{out}");
+}
+
+/// With no password and stdin not a terminal, the CLI exits 2 at once instead of prompting.
+#[test]
+fn no_password_without_a_terminal_exits_2() {
+    let server = TestServer::start();
+    let out = cli(server.addr)
+        .args(&["login", "--username", "alice"])
+        .stdin("typed-password\n")
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("stdin is not a terminal")
+            && out.stderr.contains("--password-file")
+            && out.stderr.contains("SWITCHBOARD_PASSWORD"),
+        "{out}"
+    );
+    assert_eq!(
+        server.stats().open_connections,
+        0,
+        "no connection was even opened"
+    );
+}
+
+/// Usage errors exit 2: an unknown flag, two password flags, a bad --addr, --until or --timeout.
+#[test]
+fn usage_errors_exit_2() {
+    let cases: &[&[&str]] = &[
+        &["ping", "--bogus"],
+        &["frobnicate"],
+        &[
+            "login",
+            "--username",
+            "a",
+            "--password",
+            "x",
+            "--password-file",
+            "f",
+        ],
+        &["login", "--password", "x"],
+        &["--addr", "no-port", "ping"],
+        &["--addr", "127.0.0.1:1", "--host", "h", "ping"],
+        &["--timeout", "-1", "ping"],
+        &["--timeout", "0", "ping"],
+        &["ping", "--count", "0"],
+        &[
+            "session",
+            "--username",
+            "a",
+            "--password",
+            "x",
+            "--until",
+            "CALL_ME",
+        ],
+        &["--ca", "a.pem", "--insecure", "ping"],
+    ];
+    for args in cases {
+        let out = Cli::bare().args(args).run();
+        out.expect_code(2);
+        assert!(!out.stderr.is_empty(), "{out}");
+    }
+}
+
+/// A closed port exits 3, and so does a TLS client on a plain port.
+#[test]
+fn a_closed_port_or_a_failed_handshake_exits_3() {
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let out = cli(closed).args(&["ping"]).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("cannot connect"), "{out}");
+
+    let server = TestServer::start();
+    let out = cli(server.addr).args(&["--insecure", "ping"]).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("TLS handshake"), "{out}");
+}
+
+/// A server that accepts but never answers makes the CLI exit 4 at --timeout.
+#[test]
+fn a_silent_server_exits_4_at_the_timeout() {
+    // Never accepted: the kernel completes the TCP handshake, nobody ever answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let out = cli(addr).args(&["--timeout", "0.3", "ping"]).run();
+    out.expect_code(4);
+    assert!(
+        out.stderr.contains("timed out waiting for HEARTBEAT"),
+        "{out}"
+    );
+    let out = cli(addr)
+        .args(&["--timeout", "0.3", "--insecure", "ping"])
+        .run();
+    out.expect_code(4);
+    assert!(out.stderr.contains("TLS handshake"), "{out}");
+    drop(silent);
+}
+
+/// The test CA written as ca.pem, and the server identity it signed (valid for
+/// localhost and 127.0.0.1 only).
+fn tls_certs(dir: &std::path::Path) -> (TlsIdentity, std::path::PathBuf) {
+    let certs = certs::make(dir);
+    let ca = dir.join("ca.pem");
+    fs::write(&ca, &certs.ca_pem).unwrap();
+    let identity = TlsIdentity::Pem {
+        cert: certs.cert_pem.clone(),
+        key: certs.key_pem.clone(),
+    };
+    (identity, ca)
+}
+
+/// A TLS test server listening on the loopback address `ip`.
+fn tls_server(identity: &TlsIdentity, ip: [u8; 4]) -> TestServer {
+    TestServer::start_with(|c| {
+        c.tls = Some(identity.clone());
+        c.bind_address = ip.into();
+    })
+}
+
+/// --ca trusts the test CA and the host name is verified (127.0.0.2 is not in the certificate); without a CA, exit 3.
+#[test]
+fn tls_with_a_ca_verifies_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, ca) = tls_certs(dir.path());
+    let server = tls_server(&identity, [127, 0, 0, 1]);
+    let port = server.addr.port().to_string();
+    let ca = ca.to_str().unwrap();
+    let out = Cli::bare()
+        .args(&["--port", &port, "--tls", "--ca", ca])
+        .args(&["register", "--username", "alice", "--password", "pw"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(out.stdout, "registered user_id=1 username=alice\n");
+    // --ca alone implies --tls.
+    let out = Cli::bare()
+        .args(&["--host", "localhost", "--port", &port, "--ca", ca])
+        .args(&["users", "--username", "alice", "--password", "pw"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(out.stdout, "1\talice\tAvailable\n");
+    let out = Cli::bare().args(&["--port", &port, "--tls", "ping"]).run();
+    out.expect_code(3);
+    assert!(out.stderr.contains("certificate"), "{out}");
+    // The same certificate served on an address it does not name.
+    let elsewhere = tls_server(&identity, [127, 0, 0, 2]);
+    let out = Cli::bare()
+        .args(&["--addr", &elsewhere.addr.to_string(), "--ca", ca, "ping"])
+        .run();
+    out.expect_code(3);
+    assert!(
+        out.stderr.contains("TLS handshake") && out.stderr.contains("mismatch"),
+        "{out}"
+    );
+}
+
+/// --insecure accepts the test server's certificate without a CA, even under a wrong name.
+#[test]
+fn tls_insecure_accepts_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = tls_certs(dir.path());
+    let server = tls_server(&identity, [127, 0, 0, 1]);
+    let elsewhere = tls_server(&identity, [127, 0, 0, 2]);
+    for addr in [server.addr, elsewhere.addr] {
+        let out = cli(addr)
+            .args(&["--insecure", "ping", "--count", "2"])
+            .run();
+        out.expect_code(0);
+        assert_eq!(out.lines().len(), 2, "{out}");
+    }
+    let port = server.addr.port().to_string();
+    let out = Cli::bare()
+        .args(&["--port", &port, "--insecure", "session", "--username"])
+        .args(&["nobody", "--password", "pw", "--until", "LOGIN_RESPONSE"])
+        .run();
+    out.expect_code(1);
+}
+
+/// A session's LOGIN_RESPONSE is printed; `--until LOGIN_RESPONSE` exits right after it.
+#[test]
+fn a_session_prints_its_own_login_response() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "login_response"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        "{\"type\":\"LOGIN_RESPONSE\",\"code\":2,\"payload\":{\"success\":true,\"user_id\":\"1\",\"username\":\"alice\"}}\n",
+        "{out}"
+    );
+}
+
+/// Types work by name and by code, in commands and in --until: a ring by name ends bob's `--until 9`, then alice's `--until 0x10`.
+#[test]
+fn sessions_take_types_by_name_and_by_code() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let bob_id = register(&server, "bob", "pw-b");
+    let mut bob = cli(server.addr)
+        .args(&["session", "--username", "bob", "--password", "pw-b"])
+        .args(&["--until", "9", "--timeout", "10"])
+        .spawn();
+    bob.expect("LOGIN_RESPONSE");
+    let mut alice = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "0x10", "--timeout", "10"])
+        .spawn();
+    alice.expect("LOGIN_RESPONSE");
+    alice.send(&format!(
+        r#"{{"type":"call_request","to_user_id":"{bob_id}"}}"#
+    ));
+    let bob_out = bob.finish();
+    bob_out.expect_code(0);
+    let lines = bob_out.json_lines();
+    let ring = lines.last().unwrap();
+    assert_eq!(ring["type"], "CALL_NOTIFICATION", "{bob_out}");
+    assert_eq!(ring["code"], 9);
+    assert_eq!(ring["payload"]["from_user_id"], "1");
+    assert_eq!(ring["payload"]["from_username"], "alice");
+    let call_id = ring["payload"]["call_id"].as_str().unwrap().to_string();
+    let alice_out = alice.finish();
+    alice_out.expect_code(0);
+    let last = alice_out.json_lines().pop().unwrap();
+    assert_eq!(
+        last,
+        json!({"type": "HANGUP", "code": T::Hangup.code(), "payload": {"call_id": call_id}}),
+        "{alice_out}"
+    );
+    server.wait_until_clean(0);
+}
+
+/// Two sessions fed over time carry a whole call (ring, accept, SDP, ICE both ways, hang-up); an ERROR does not end a session.
+#[test]
+fn a_whole_call_between_two_sessions() {
+    let server = TestServer::start();
+    let alice_id = register(&server, "alice", "pw-a");
+    let bob_id = register(&server, "bob", "pw-b");
+    let session = |name: &str, pw: &str, until: &str| {
+        cli(server.addr)
+            .args(&[
+                "--timeout",
+                "20",
+                "session",
+                "--username",
+                name,
+                "--password",
+                pw,
+            ])
+            .args(&["--until", until])
+            .spawn()
+    };
+    let mut bob = session("bob", "pw-b", "HANGUP");
+    bob.expect("LOGIN_RESPONSE");
+    let mut alice = session("alice", "pw-a", "HEARTBEAT");
+    alice.expect("LOGIN_RESPONSE");
+    let presence = bob.expect("USER_STATE_UPDATE");
+    assert_eq!(
+        presence["payload"],
+        json!({"user_id": alice_id, "username": "alice", "state": "Available"})
+    );
+
+    // A refused command is printed as an ERROR line; the session carries on.
+    alice.send(r#"{"type":"CALL_REQUEST","to_user_id":"99"}"#);
+    assert_eq!(alice.expect("ERROR")["payload"]["code"], 404);
+
+    alice.send(&format!(
+        r#"{{"type":"CALL_REQUEST","to_user_id":"{bob_id}"}}"#
+    ));
+    let ring = bob.expect("CALL_NOTIFICATION");
+    let call_id = ring["payload"]["call_id"].as_str().unwrap().to_string();
+    bob.send(&format!(
+        r#"{{"type":10,"call_id":"{call_id}","accepted":true}}"#
+    ));
+    assert_eq!(
+        alice.expect("CALL_ACCEPTED")["payload"],
+        json!({"call_id": call_id, "peer_user_id": bob_id, "peer_username": "bob"})
+    );
+
+    let offer_sdp = "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=\"quoted\" é\r\n";
+    let offer =
+        json!({"type": "SDP_OFFER", "call_id": call_id, "to_user_id": bob_id, "sdp": offer_sdp});
+    alice.send(&offer.to_string());
+    assert_eq!(
+        bob.expect("SDP_OFFER")["payload"],
+        json!({"call_id": call_id, "from_user_id": alice_id, "to_user_id": bob_id, "sdp": offer_sdp})
+    );
+    bob.send(&format!(
+        r#"{{"type":"0x0E","call_id":"{call_id}","to_user_id":"{alice_id}","sdp":"v=0 answer"}}"#
+    ));
+    let answer = alice.expect("SDP_ANSWER");
+    assert_eq!(
+        (
+            answer["code"].as_u64(),
+            &answer["payload"]["sdp"],
+            &answer["payload"]["from_user_id"]
+        ),
+        (Some(14), &json!("v=0 answer"), &json!(bob_id))
+    );
+    for i in 0..2 {
+        let (from, to) = if i == 0 {
+            (&mut alice, &mut bob)
+        } else {
+            (&mut bob, &mut alice)
+        };
+        let candidate = format!("candidate:{i} 1 udp 2122260223 10.0.0.{i} 5000 typ host");
+        from.send(&json!({"type": "ice_candidate", "call_id": call_id, "candidate": candidate, "sdp_mid": "0", "sdp_mline_index": i}).to_string());
+        let ice = to.expect("ICE_CANDIDATE");
+        assert_eq!(ice["payload"]["candidate"], candidate.as_str());
+        assert_eq!(ice["payload"]["sdp_mid"], "0");
+        assert_eq!(ice["payload"]["sdp_mline_index"], i);
+    }
+
+    alice.send(&format!(r#"{{"type":"HANGUP","call_id":"{call_id}"}}"#));
+    // The heartbeat's answer comes after anything the hang-up caused for alice.
+    alice.send(r#"{"type":"HEARTBEAT","timestamp":1}"#);
+    let bob_out = bob.finish();
+    bob_out.expect_code(0);
+    assert_eq!(
+        bob_out.json_lines().pop().unwrap(),
+        json!({"type": "HANGUP", "code": 16, "payload": {"call_id": call_id}})
+    );
+    let alice_out = alice.finish();
+    alice_out.expect_code(0);
+    let errors = alice_out
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["type"] == "ERROR")
+        .count();
+    assert_eq!(errors, 1, "only the call to user 99 failed\n{alice_out}");
+    server.wait_until_clean(0);
+}
+
+/// A session waiting for a frame that never comes exits 4 at --timeout, having printed its login.
+#[test]
+fn a_session_that_never_sees_its_until_frame_exits_4() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "CALL_NOTIFICATION", "--timeout", "0.5"])
+        .run();
+    out.expect_code(4);
+    assert_eq!(out.json_lines()[0]["type"], "LOGIN_RESPONSE", "{out}");
+    assert!(
+        out.stderr
+            .contains("timed out waiting for CALL_NOTIFICATION"),
+        "{out}"
+    );
+    // Without --until, --timeout bounds the whole session the same way.
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--timeout", "0.5"])
+        .run();
+    out.expect_code(4);
+}
+
+/// Without --until a session outlives its stdin and exits 0 when the server closes it; with --until that is exit 3.
+#[test]
+fn a_session_without_until_ends_when_the_server_closes() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let mut first = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .spawn();
+    first.expect("LOGIN_RESPONSE");
+    first.send(r#"{"type":"USER_LIST_REQUEST"}"#);
+    first.expect("USER_LIST_RESPONSE");
+    first.close_stdin();
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .run()
+        .expect_code(0);
+    let out = first.finish();
+    out.expect_code(0);
+    let last = out.json_lines().pop().unwrap();
+    assert_eq!(
+        last,
+        json!({"type": "ERROR", "code": 18, "payload": {"code": 409, "message": "logged in elsewhere"}}),
+        "{out}"
+    );
+
+    // With --until, the server closing first is a lost connection: exit 3.
+    let mut waiting = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "CALL_NOTIFICATION", "--timeout", "10"])
+        .spawn();
+    waiting.expect("LOGIN_RESPONSE");
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .run()
+        .expect_code(0);
+    let out = waiting.finish();
+    out.expect_code(3);
+    assert!(out.stderr.contains("before CALL_NOTIFICATION"), "{out}");
+}
+
+/// A bad input line (not JSON, unknown type, server-only type, bad field) exits 2 naming the line.
+#[test]
+fn a_bad_session_line_exits_2() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let cases = [
+        ("CALL_REQUEST 2", "not JSON"),
+        (r#"{"type":"CALL_ME"}"#, "unknown message type"),
+        (r#"{"type":77}"#, "unknown message type 77"),
+        (r#"{"type":"LOGIN_RESPONSE"}"#, "sent by the server"),
+        (r#"{"type":"CALL_REQUEST","to_user_id":2}"#, "to_user_id"),
+    ];
+    for (line, why) in cases {
+        let out = cli(server.addr)
+            .args(&["session", "--username", "alice", "--password", "pw-a"])
+            .args(&["--until", "CALL_NOTIFICATION", "--timeout", "10"])
+            .stdin(format!(
+                "\n{{\"type\":\"HEARTBEAT\",\"timestamp\":5}}\n{line}\n"
+            ))
+            .run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("input line 3") && out.stderr.contains(why),
+            "{line}: {out}"
+        );
+    }
+}
+
+/// A session whose login fails prints the LOGIN_RESPONSE and exits 1 with the server's message.
+#[test]
+fn a_session_with_a_wrong_password_exits_1() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "nope"])
+        .run();
+    out.expect_code(1);
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["type"], "LOGIN_RESPONSE");
+    assert_eq!(lines[0]["payload"]["success"], false);
+    assert!(out.stderr.contains("invalid username or password"), "{out}");
+}
+
+/// `--help` documents the exit codes, the password sources and that --password is visible.
+#[test]
+fn help_documents_exit_codes_and_password_sources() {
+    let out = Cli::bare().args(&["--help"]).run();
+    out.expect_code(0);
+    for needle in [
+        "Exit codes",
+        "0  success",
+        "1  the server answered with an error",
+        "2  usage",
+        "3  cannot connect",
+        "4  timeout",
+        "SWITCHBOARD_PASSWORD",
+        "process list",
+    ] {
+        assert!(out.stdout.contains(needle), "missing {needle:?}\n{out}");
+    }
+    let out = Cli::bare().args(&["login", "--help"]).run();
+    out.expect_code(0);
+    assert!(out.stdout.contains("process list"), "{out}");
+}
