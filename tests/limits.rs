@@ -249,3 +249,21 @@ fn the_login_timeout_starts_afresh_after_logout() {
             .starts_with("login timeout")
     );
 }
+
+/// A login with a huge made-up username fails like any unknown user and does
+/// not count against (or lock out) real usernames.
+#[test]
+fn huge_invalid_usernames_fail_like_unknown_users() {
+    let server = TestServer::start_with(|c| {
+        c.limits.failed_logins_per_user = 0;
+        c.limits.failed_logins_per_ip = 1000;
+    });
+    server.client().register("alice", "right");
+    let mut c = server.client();
+    let huge = "x".repeat(200_000);
+    for _ in 0..3 {
+        let f = c.login(&huge, "pw");
+        assert_eq!(f.body["code"], 401, "{}", f.body["error"]);
+    }
+    c.login_ok("alice", "right");
+}

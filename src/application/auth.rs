@@ -242,7 +242,15 @@ impl Authenticator {
         from: IpAddr,
     ) -> Result<UserRecord, AppError> {
         validate_secret(secret).map_err(AppError::BadRequest)?;
-        let key = username_key(username);
+        // A name that breaks the rules cannot exist: it fails like an unknown
+        // user (same hash, same time) but is not remembered as a key, so huge
+        // made-up names cannot grow the back-off table.
+        let valid_name = validate_username(username).is_ok();
+        let key = if valid_name {
+            username_key(username)
+        } else {
+            String::new()
+        };
         {
             let now = Instant::now();
             let throttles = self.throttles();
@@ -255,7 +263,11 @@ impl Authenticator {
                 .check(&from, now)
                 .map_err(|wait| rate_limited("too many failed logins from your address", wait))?;
         }
-        let user = self.users.find_by_name(username);
+        let user = if valid_name {
+            self.users.find_by_name(username)
+        } else {
+            None
+        };
         let ok = self
             .hasher
             .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()));
@@ -267,7 +279,9 @@ impl Authenticator {
             }
             _ => {
                 let now = Instant::now();
-                throttles.users.fail(&key, now);
+                if valid_name {
+                    throttles.users.fail(&key, now);
+                }
                 throttles.ips.fail(&from, now);
                 Err(AppError::InvalidCredentials)
             }

@@ -9,7 +9,9 @@
 //! delivery lock before delivering (hand over hand), so the next state change can
 //! be computed while this one is being queued, yet it cannot be queued first.
 //! Relayed SDP/ICE skip that lock: each sender's relays are already ordered by
-//! its own connection thread.
+//! its own connection thread. The price: a relay racing the end of its call (the
+//! peer hangs up, a takeover, shutdown) can reach the peer just after the
+//! HANGUP for that call; clients ignore signaling for a call they ended.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -235,6 +237,9 @@ impl Hub {
         let known = self.users.find_by_id(callee).is_some();
         let mut state = lock(&self.state);
         state.check_session(conn, caller)?;
+        if state.stopping {
+            return Err(AppError::Unavailable("server shutting down".into()));
+        }
         if !state.online.contains_key(&callee) {
             return Err(if known {
                 AppError::Conflict("user is offline".into())

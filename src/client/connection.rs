@@ -421,7 +421,7 @@ impl Connection {
 
     /// Ends the connection: TLS close_notify where possible, then both directions.
     pub fn close(mut self) {
-        self.transport.close();
+        self.transport.close(std::time::Duration::ZERO);
     }
 }
 

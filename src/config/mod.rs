@@ -488,11 +488,25 @@ fn resolve(
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError::at("storage.data_dir", "must not be empty"));
     }
-    let users_file = data_dir.join(
-        file.storage
-            .users_file
-            .unwrap_or_else(|| PathBuf::from("users.txt")),
-    );
+    let users_name = file
+        .storage
+        .users_file
+        .unwrap_or_else(|| PathBuf::from("users.txt"));
+    // The data-directory lock is what keeps two writers apart, so the file must
+    // be inside it.
+    let inside = users_name
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside || users_name.as_os_str().is_empty() {
+        return Err(ConfigError::at(
+            "storage.users_file",
+            format!(
+                "{} must be a relative path inside storage.data_dir",
+                users_name.display()
+            ),
+        ));
+    }
+    let users_file = data_dir.join(users_name);
 
     let bcrypt_cost = file.auth.bcrypt_cost.unwrap_or(d.bcrypt_cost);
     if !(4..=31).contains(&bcrypt_cost) {
@@ -559,11 +573,16 @@ fn at_least_one<T: PartialOrd + From<u8> + Copy>(
 fn resolve_limits(l: LimitsSection) -> Result<LimitsConfig, ConfigError> {
     let d = LimitsConfig::default();
     let limits = LimitsConfig {
-        max_connections_per_ip: at_least_one(
-            "limits.max_connections_per_ip",
-            l.max_connections_per_ip.map(|n| n as u32),
-            d.max_connections_per_ip as u32,
-        )? as usize,
+        max_connections_per_ip: match l.max_connections_per_ip {
+            None => d.max_connections_per_ip,
+            Some(n) if n >= 1 => n,
+            Some(_) => {
+                return Err(ConfigError::at(
+                    "limits.max_connections_per_ip",
+                    "must be at least 1",
+                ));
+            }
+        },
         login_timeout: seconds(
             "limits.login_timeout_secs",
             l.login_timeout_secs,
@@ -572,11 +591,11 @@ fn resolve_limits(l: LimitsSection) -> Result<LimitsConfig, ConfigError> {
         )?,
         frames_per_second: match l.frames_per_second {
             None => d.frames_per_second,
-            Some(r) if r > 0.0 && r.is_finite() => r,
+            Some(r) if (0.01..=1e9).contains(&r) => r,
             Some(r) => {
                 return Err(ConfigError::at(
                     "limits.frames_per_second",
-                    format!("must be more than 0 (got {r})"),
+                    format!("must be between 0.01 and 1000000000 (got {r})"),
                 ));
             }
         },
@@ -708,6 +727,14 @@ mod tests {
             ),
             (r#"{"logging":{"log_level":"loud"}}"#, "logging.log_level"),
             (r#"{"admin":{"bind_address":"9090"}}"#, "admin.bind_address"),
+            (
+                r#"{"storage":{"users_file":"/etc/users.txt"}}"#,
+                "storage.users_file",
+            ),
+            (
+                r#"{"storage":{"users_file":"../users.txt"}}"#,
+                "storage.users_file",
+            ),
             (
                 r#"{"limits":{"max_connections_per_ip":0}}"#,
                 "limits.max_connections_per_ip",

@@ -19,25 +19,29 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `path` with `content` atomically: readers and a crash see either the
 /// old file or the new one, never a mix. Writes a temporary file beside it,
-/// syncs it, renames it over, and syncs the directory.
+/// syncs it, renames it over, and syncs the directory. Returns the new file
+/// opened for appending (opened before the rename, so no failure can come
+/// after the switch).
 ///
 /// # Errors
 /// Any I/O failure; the original file is then untouched.
-pub fn replace_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
+pub fn replace_atomically(path: &Path, content: &[u8]) -> io::Result<File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
+    // A temporary left by a crash is stale: it was never renamed into place.
+    let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
+            .append(true)
+            .create_new(true)
             .open(&tmp)?;
         file.write_all(content)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        Ok(file)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

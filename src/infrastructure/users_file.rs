@@ -85,8 +85,12 @@ impl UsersFile {
             err,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        if !dir.as_os_str().is_empty() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
             fs::create_dir_all(dir).map_err(io_err)?;
+            // The new directory's own entry must survive a crash too.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(io_err)?;
+            }
         }
         let content = match fs::read(path) {
             Ok(content) => content,
@@ -201,9 +205,9 @@ impl UsersFile {
                 ));
             }
         }
-        replace_atomically(&self.path, content.as_bytes())?;
-        // The append handle still points at the replaced file.
-        *writer = OpenOptions::new().append(true).open(&self.path)?;
+        // The old append handle points at the replaced file; the new one is
+        // opened on the new file before it takes the name.
+        *writer = replace_atomically(&self.path, content.as_bytes())?;
         match new {
             Some(user) => {
                 index.by_id.insert(id, user);

@@ -33,6 +33,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_ROUND: usize = 256 * 1024;
 /// How long a closing connection may take to write its last frames.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// After the last frame, how long the client's unread input is drained so the
+/// close is an orderly FIN, not an RST that would destroy that frame.
+const LINGER: Duration = Duration::from_millis(500);
 /// Buffers larger than this are released once empty.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -123,12 +126,21 @@ impl Connection {
         let reason = self
             .serve()
             .unwrap_or_else(|err| format!("i/o error: {err}"));
-        self.transport.close();
+        self.transport.close(LINGER);
         self.end_reason = Some(reason);
     }
 
     fn unsent(&self) -> usize {
         self.outbuf.len() - self.out_pos
+    }
+
+    /// Drops the bytes already written, so the buffer holds only what is unsent
+    /// and never grows with what has gone out.
+    fn compact(&mut self) {
+        if self.out_pos > 0 {
+            self.outbuf.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
     }
 
     fn serve(&mut self) -> io::Result<String> {
@@ -145,6 +157,14 @@ impl Connection {
                 }
             } else {
                 self.process_input();
+                if self.closing.is_some() {
+                    continue;
+                }
+                // Checked after the buffered frames are handled, so a LOGIN
+                // that arrived just at the deadline is answered, not cut off.
+                if let Some(reason) = self.check_timeouts() {
+                    return Ok(reason);
+                }
                 if self.closing.is_some() {
                     continue;
                 }
@@ -209,22 +229,35 @@ impl Connection {
             } else if hung_up && !sock_ready.contains(PollFlags::OUT) {
                 return Ok("connection lost".into());
             }
-            if self.closing.is_none() && login_deadline.is_some_and(|d| Instant::now() >= d) {
-                let secs = self.shared.limits.login_timeout.as_secs_f64();
-                let message = format!("login timeout: no login within {secs} s");
-                self.reply(&ServerMessage::error(401, message, None));
-                self.start_closing("login timeout");
-                continue;
-            }
-            if self.closing.is_none() && Instant::now() >= idle_deadline {
-                return Ok(if paused {
-                    "output stalled"
-                } else {
-                    "idle timeout"
-                }
-                .into());
-            }
         }
+    }
+
+    /// The login and idle timeouts. The login timeout answers with ERROR 401 and
+    /// starts closing; an idle (or stalled) connection ends at once.
+    fn check_timeouts(&mut self) -> Option<String> {
+        let now = Instant::now();
+        let limits = &self.shared.limits;
+        if matches!(self.session, Session::Anonymous)
+            && now >= self.anonymous_since + limits.login_timeout
+        {
+            let message = format!(
+                "login timeout: no login within {} s",
+                limits.login_timeout.as_secs_f64()
+            );
+            self.reply(&ServerMessage::error(401, message, None));
+            self.start_closing("login timeout");
+            return None;
+        }
+        let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + limits.idle_timeout;
+        if now >= idle_deadline {
+            let reason = if self.stalled_since.is_some() {
+                "output stalled"
+            } else {
+                "idle timeout"
+            };
+            return Some(reason.into());
+        }
+        None
     }
 
     /// Moves queued frames into the write buffer and writes what the socket takes.
@@ -238,10 +271,7 @@ impl Connection {
             return Ok(Some(CloseReason::SlowConsumer.as_str().into()));
         }
         if self.queue_pending && self.unsent() < HIGH_WATER {
-            if self.out_pos == self.outbuf.len() {
-                self.outbuf.clear();
-                self.out_pos = 0;
-            }
+            self.compact();
             let drained = self
                 .outbox
                 .take_into(&mut self.outbuf, HIGH_WATER, &self.shared.metrics);
@@ -363,10 +393,7 @@ impl Connection {
 
     /// Queues a message on this connection's own write buffer.
     pub(super) fn reply(&mut self, message: &ServerMessage) {
-        if self.out_pos == self.outbuf.len() {
-            self.outbuf.clear();
-            self.out_pos = 0;
-        }
+        self.compact();
         self.outbuf.extend_from_slice(&message.to_frame());
         let metrics = &self.shared.metrics;
         Metrics::count(&metrics.frames_out[usize::from(message.message_type().code())]);

@@ -14,7 +14,7 @@ use super::message::{
     UserList,
 };
 use crate::application::{AppError, Signal};
-use crate::domain::{CallId, UserId};
+use crate::domain::{CallId, UserId, validate_username};
 use crate::metrics::Metrics;
 
 /// Room left in a relayed frame for the ids the server writes into it.
@@ -203,9 +203,9 @@ impl Connection {
             Err(err) => {
                 Metrics::count(&self.shared.metrics.failed_logins);
                 info!(
-                    "login failed conn={} username={:?} code={}",
+                    "login failed conn={} username={} code={}",
                     self.id,
-                    c.username,
+                    loggable_name(&c.username),
                     err.code()
                 );
                 ServerMessage::LoginResponse(failure(err, c.req_id))
@@ -228,6 +228,15 @@ impl Connection {
             }
             Err(err) => ServerMessage::RegisterResponse(failure(err, c.req_id)),
         }
+    }
+}
+
+/// A client-supplied name for a log line: as is if it follows the username
+/// rules (short, no control characters), else only its length.
+fn loggable_name(name: &str) -> String {
+    match validate_username(name) {
+        Ok(()) => name.to_string(),
+        Err(_) => format!("<invalid, {} bytes>", name.len()),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 use rustix::event::{PollFd, PollFlags};
@@ -31,12 +31,34 @@ impl Transport {
         }
     }
 
-    /// Ends the stream: TLS close_notify where possible, then both directions.
-    pub fn close(&mut self) {
+    /// Ends the stream: TLS close_notify where possible, then our direction,
+    /// then discards what the client still sends until it closes too or
+    /// `linger` passes. Closing a socket with unread input sends an RST, and a
+    /// client's stack may then drop our last frames (an ERROR saying why)
+    /// before the client reads them.
+    pub fn close(&mut self, linger: Duration) {
         if let Transport::Tls(s) = self {
             let _ = s.shutdown();
         }
-        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+        let mut tcp = self.tcp();
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        let deadline = Instant::now() + linger;
+        let mut sink = [0u8; 4096];
+        loop {
+            match tcp.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(tcp, PollFlags::IN)];
+                    if !matches!(poll_until(&mut fds, Some(deadline)), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
     }
 }
 
