@@ -14,12 +14,14 @@
 //!   bounded outbound queues, TLS.
 //! - [`config`]: server_config.json, flags and environment, validated at start.
 //! - [`daemon`]: wires them together.
+//! - [`bench`]: the load generator behind `switchboard-bench` (not used by the daemon).
 //!
 //! Dependencies point inward: tcp -> application -> domain; infrastructure
 //! implements the application's ports.
 
 pub mod admin;
 pub mod application;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod domain;
