@@ -147,6 +147,13 @@ impl Connection {
                 }
             }
 
+            // Frames are still queued and there is room to take them: take them
+            // now. Their wake-up was already consumed (a push signals only an
+            // empty queue), so waiting in poll here would strand them until the
+            // client happened to send something.
+            if self.queue_pending && self.unsent() < HIGH_WATER {
+                continue;
+            }
             let reading =
                 self.closing.is_none() && !self.input_closed && self.unsent() < HIGH_WATER;
             let mut events = PollFlags::empty();
