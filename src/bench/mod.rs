@@ -228,6 +228,7 @@ pub fn idle_workload(
         "threads_per_conn": threads_per_conn,
         "daemon_nofile_limit": limit,
         "state_updates": result.state_updates,
+        "state_updates_expected": (clients as u64) * (clients as u64).saturating_sub(1) / 2,
         "frames_encoded": encoded,
         "errors": result.errors,
     }))
