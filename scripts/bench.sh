@@ -48,5 +48,5 @@ run relay --pairs "$PAIRS" --seconds "$SECS" --rate "$RATE"
 run setup --pairs 10 --calls "$CALLS"
 run storm --clients "$STORM" --timeout 90
 run idle --clients "$LOGINS" --bcrypt-cost 10
-run idle --clients "$IDLE" --timeout 120
+run idle --clients "$IDLE" --timeout 90
 echo "# total $((SECONDS - START)) s; results in $JSONL and $TXT" | tee -a "$TXT"

@@ -92,7 +92,7 @@ pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) ->
     };
     let daemon = common.start_daemon(2 * opts.pairs, 2 * opts.pairs)?;
     let sb = relay::run(Target::Switchboard(daemon.addr), opts)?;
-    let relay_count = daemon.metric("switchboard_relay_seconds_count")?;
+    let relay_count = daemon.metric("switchboard_relay_seconds_count");
     drop(daemon);
     let mode = if opts.rate.is_some() {
         "open loop"
@@ -184,10 +184,12 @@ pub fn idle_workload(
     // Let the connection threads go back to sleep before reading /proc.
     std::thread::sleep(Duration::from_millis(500));
     let after = daemon.proc_stats()?;
-    let encoded = daemon.metric("switchboard_frames_encoded_total")?;
-    let open = daemon.metric("switchboard_connections_open")?;
+    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let open = daemon.metric("switchboard_connections_open");
     drop(result.sockets);
     let n = clients.max(1) as f64;
+    let expected = (clients as u64) * (clients as u64).saturating_sub(1) / 2;
+    let settled = result.state_updates >= expected;
     let rss_per_conn_kib = (after.rss_kib as f64 - before.rss_kib as f64) / n;
     let fds_per_conn = (after.fds as f64 - before.fds as f64) / n;
     let threads_per_conn = (after.threads as f64 - before.threads as f64) / n;
@@ -203,11 +205,23 @@ pub fn idle_workload(
         common.bcrypt_cost
     );
     println!(
-        "  connected in {:.2} s; {} logins in {:.2} s ({login_rate:.0}/s); presence settled ({} updates) ",
-        result.connect_secs, result.logins_ok, result.logins_done_secs, result.state_updates
+        "  connected in {:.2} s; {} logins in {:.2} s ({login_rate:.0}/s); presence updates {} of {expected}{}",
+        result.connect_secs,
+        result.logins_ok,
+        result.logins_done_secs,
+        result.state_updates,
+        if settled {
+            " (settled)"
+        } else {
+            " (NOT settled: measured while still delivering)"
+        }
     );
     println!("  daemon before: {}", show(before));
-    println!("  daemon after:  {} ({open} connections open)", show(after));
+    println!(
+        "  daemon after:  {} ({} connections open)",
+        show(after),
+        open.map_or_else(|| "?".into(), |n| n.to_string())
+    );
     println!(
         "  per connection: {rss_per_conn_kib:.1} KiB RSS, {fds_per_conn:.2} fds, {threads_per_conn:.2} threads; errors {}",
         result.errors
@@ -228,7 +242,8 @@ pub fn idle_workload(
         "threads_per_conn": threads_per_conn,
         "daemon_nofile_limit": limit,
         "state_updates": result.state_updates,
-        "state_updates_expected": (clients as u64) * (clients as u64).saturating_sub(1) / 2,
+        "state_updates_expected": expected,
+        "settled": settled,
         "frames_encoded": encoded,
         "errors": result.errors,
     }))
@@ -255,8 +270,8 @@ pub fn storm_workload(
             timeout,
         },
     )?;
-    let encoded = daemon.metric("switchboard_frames_encoded_total")?;
-    let updates_out = daemon.metric("switchboard_frames_out_total{type=\"USER_STATE_UPDATE\"}")?;
+    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let updates_out = daemon.metric("switchboard_frames_out_total{type=\"USER_STATE_UPDATE\"}");
     drop(result.sockets);
     drop(daemon);
     println!(
@@ -274,8 +289,12 @@ pub fn storm_workload(
             .unwrap_or_else(|| "never".into())
     );
     println!(
-        "  frames received {} (USER_STATE_UPDATE {}); daemon: {updates_out} USER_STATE_UPDATE sent from {encoded} frames encoded; errors {}",
-        result.frames, result.state_updates, result.errors
+        "  frames received {} (USER_STATE_UPDATE {}); daemon: {} USER_STATE_UPDATE sent from {} frames encoded; errors {}",
+        result.frames,
+        result.state_updates,
+        updates_out.map_or_else(|| "?".into(), |n| n.to_string()),
+        encoded.map_or_else(|| "?".into(), |n| n.to_string()),
+        result.errors
     );
     Ok(json!({
         "workload": "storm",
