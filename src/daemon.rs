@@ -60,8 +60,6 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-const LISTEN_BACKLOG: i32 = 4096;
-
 /// A running daemon: the server, the admin listener if configured, and the
 /// data-directory lock, held until it stops.
 pub struct Running {
@@ -110,13 +108,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
-    let listener = TcpListener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
-    // std listens with a backlog of 128; a reconnect storm overflows that and
-    // clients wait out SYN retransmits. Listening again raises it (the kernel
-    // caps it at net.core.somaxconn).
-    if let Err(err) = rustix::net::listen(&listener, LISTEN_BACKLOG) {
-        warn!("cannot raise the listen backlog: {err}");
-    }
+    let listener = bind_listener(addr).map_err(|err| StartError::Bind { addr, err })?;
     if let Ok(bound) = listener.local_addr() {
         info!("listening on {bound}");
     }
@@ -201,4 +193,26 @@ fn warn_if_descriptors_short(max_connections: usize) {
             "open-files limit {limit} is below the {needed} descriptors that server.max_connections={max_connections} needs (2 per connection); raise LimitNOFILE or lower max_connections"
         );
     }
+}
+
+/// Connections the kernel may hold completed but not yet accepted (it caps
+/// this at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds like [`TcpListener::bind`] (SO_REUSEADDR, close-on-exec) but with a
+/// backlog of [`LISTEN_BACKLOG`]: std listens with 128, and a burst of
+/// connections beyond that (clients reconnecting after a restart) has its SYNs
+/// dropped and retried after 1 s, 3 s, ... (seen as ListenOverflows in nstat).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, listen, socket_with, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    bind(&fd, &addr)?;
+    listen(&fd, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(fd))
 }

@@ -14,6 +14,7 @@
 //!   bounded outbound queues, TLS.
 //! - [`config`]: server_config.json, flags and environment, validated at start.
 //! - [`daemon`]: wires them together.
+//! - [`bench`]: the load generator behind `switchboard-bench` (not used by the daemon).
 //! - [`client`]: the other end of the wire, for `switchboard-cli` and scripts:
 //!   connections over TCP or TLS, one-shot requests, JSON-line sessions.
 //!
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod application;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -67,6 +67,8 @@ pub struct Gauges {
     pub users_logged_in: usize,
     pub calls_ringing: usize,
     pub calls_active: usize,
+    /// Frames encoded for delivery; a broadcast counts once, whatever its recipients.
+    pub frames_encoded: u64,
 }
 
 /// Every counter the daemon keeps.
@@ -172,6 +174,11 @@ impl Metrics {
             "switchboard_calls_active",
             "Calls accepted and not yet ended.",
             gauges.calls_active,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_frames_encoded_total Frames encoded for delivery (a broadcast counts once).\n# TYPE switchboard_frames_encoded_total counter\nswitchboard_frames_encoded_total {}",
+            gauges.frames_encoded
         );
         counter(
             &mut out,
@@ -286,6 +293,7 @@ mod tests {
         let text = m.render(
             Gauges {
                 users_logged_in: 2,
+                frames_encoded: 7,
                 ..Gauges::default()
             },
             name,
@@ -303,5 +311,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("switchboard_users_logged_in 2\n"), "{text}");
+        assert!(
+            text.contains("switchboard_frames_encoded_total 7\n"),
+            "{text}"
+        );
     }
 }

@@ -313,12 +313,19 @@ fn a_client_that_never_reads_its_answers_is_closed_when_output_stalls() {
         c.idle_timeout = Duration::from_millis(500);
         c.limits.frames_per_second = 1e6;
         c.limits.frame_burst = 1_000_000;
+        c.limits.registrations_per_ip_per_minute = 1000;
     });
-    let client = server.client();
+    // Forty users make every USER_LIST_RESPONSE a few kilobytes, so the
+    // socket buffers between here and the server fill within a second.
+    let mut setup = server.client();
+    for i in 0..40 {
+        setup.register(&format!("user{i:02}_with_a_long_name"), "pw");
+    }
+    let mut client = crate::support::connect_small_receive_buffer(server.addr);
+    client.login_ok("user00_with_a_long_name", "pw");
     let mut out = client.tcp().try_clone().unwrap();
     let writer = std::thread::spawn(move || {
-        let frame = crate::support::encode(T::Heartbeat, &json!({"timestamp": 1}));
-        let burst: Vec<u8> = frame.repeat(1000);
+        let burst = crate::support::encode(T::UserListRequest, &json!({})).repeat(1000);
         // Until the server stops reading and then closes the connection.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
@@ -328,7 +335,17 @@ fn a_client_that_never_reads_its_answers_is_closed_when_output_stalls() {
         }
         false
     });
-    server.wait_until_clean(0);
+    // The server's own send buffer autotunes upward for several seconds before
+    // the stall shows, so this waits longer than the shared WAIT.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while server.stats().open_connections > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still open: {:?}",
+            server.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         writer.join().unwrap(),
         "the writer was cut off by the close"

@@ -3,7 +3,7 @@
 use serde_json::json;
 use switchboard::tcp::MessageType as T;
 
-use crate::support::{TestServer, connect_call};
+use crate::support::{TestServer, connect_call, encode};
 
 /// A whole call: ring, accept, offer, answer, candidates both ways, hang up;
 /// states follow, and nothing is left behind.
@@ -318,4 +318,39 @@ fn disconnecting_mid_call_hangs_up_the_peer() {
     carol.expect_state(&alice_id, "Available");
     server.wait_until_clean(2);
     assert_eq!(server.stats().online_users, 2);
+}
+
+/// A backlog queued while the callee did not read is delivered in full once it
+/// reads, without the callee sending anything (no wake-up is lost when a
+/// write round empties the buffer but frames are still queued).
+#[test]
+fn a_backlog_is_delivered_whole_once_the_reader_catches_up() {
+    let server = TestServer::start_with(|c| {
+        c.outbound_queue_bytes = 256 << 20;
+        // The burst is the point here, not the frame rate limit.
+        c.limits.frames_per_second = 1e6;
+        c.limits.frame_burst = 1_000_000;
+    });
+    let (mut alice, _) = server.user("alice");
+    let (mut bob, bob_id) = server.user("bob");
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    let candidate = "x".repeat(8 * 1024);
+    let frames = 2000;
+    let mut burst = Vec::new();
+    for i in 0..frames {
+        let body = json!({"call_id": call_id, "candidate": format!("{i} {candidate}"), "sdp_mid": "0", "sdp_mline_index": 0});
+        burst.extend(encode(T::IceCandidate, &body));
+    }
+    alice.send_raw(&burst);
+    // Alice's requests are handled in order: once her heartbeat is answered,
+    // every candidate is queued for Bob, who has read nothing yet.
+    alice.send(T::Heartbeat, json!({"timestamp": 1}));
+    alice.expect(T::Heartbeat);
+    for i in 0..frames {
+        let got = bob.expect(T::IceCandidate);
+        assert!(
+            got.str("candidate").starts_with(&format!("{i} ")),
+            "frame {i}"
+        );
+    }
 }

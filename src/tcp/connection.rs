@@ -72,8 +72,11 @@ pub struct Connection {
     /// Since when the connection has had no session (opened, or logged out):
     /// the login timeout counts from here.
     anonymous_since: Instant,
-    /// Since when reading has been paused for unsent output, if it is.
+    /// Since when output has been pending without the client taking it (see
+    /// `track_stall`).
     stalled_since: Option<Instant>,
+    /// Bytes written since the stall clock last started.
+    written_while_stalled: usize,
     bucket: TokenBucket,
     /// Frames refused by the bucket in a row.
     violations: u32,
@@ -108,6 +111,7 @@ impl Connection {
             last_frame: Instant::now(),
             anonymous_since: opened,
             stalled_since: None,
+            written_while_stalled: 0,
             bucket,
             violations: 0,
             closing: None,
@@ -179,6 +183,13 @@ impl Connection {
                 }
             }
 
+            // Frames are still queued and there is room to take them: take them
+            // now. Their wake-up was already consumed (a push signals only an
+            // empty queue), so waiting in poll here would strand them until the
+            // client happened to send something.
+            if self.queue_pending && self.unsent() < HIGH_WATER {
+                continue;
+            }
             let reading =
                 self.closing.is_none() && !self.input_closed && self.unsent() < HIGH_WATER;
             let mut events = PollFlags::empty();
@@ -192,15 +203,10 @@ impl Connection {
             // output, the client is not idle; the output must move instead.
             let idle = self.shared.limits.idle_timeout;
             let paused = self.closing.is_none() && !self.input_closed && !reading;
-            self.stalled_since = match (paused, self.stalled_since) {
-                (true, None) => Some(Instant::now()),
-                (true, since) => since,
-                (false, _) => None,
-            };
             if paused {
                 self.last_frame = Instant::now();
             }
-            let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + idle;
+            let idle_deadline = (self.last_frame + idle).min(self.stall_deadline());
             let login_deadline = match self.session {
                 Session::Anonymous => Some(self.anonymous_since + self.shared.limits.login_timeout),
                 Session::Authenticated { .. } => None,
@@ -248,16 +254,36 @@ impl Connection {
             self.start_closing("login timeout");
             return None;
         }
-        let idle_deadline = self.stalled_since.unwrap_or(self.last_frame) + limits.idle_timeout;
-        if now >= idle_deadline {
-            let reason = if self.stalled_since.is_some() {
-                "output stalled"
-            } else {
-                "idle timeout"
-            };
-            return Some(reason.into());
+        if now >= self.stall_deadline() {
+            return Some("output stalled".into());
+        }
+        if now >= self.last_frame + limits.idle_timeout {
+            return Some("idle timeout".into());
         }
         None
+    }
+
+    /// The stall clock runs while output is pending. It restarts when the client
+    /// has caught up, or has taken a high-water mark's worth since it started:
+    /// the kernel frees a few bytes of a full receive queue now and then even
+    /// for a client that never reads, and that must not count as reading.
+    fn track_stall(&mut self) {
+        if self.unsent() == 0 {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() || self.written_while_stalled >= HIGH_WATER {
+            self.stalled_since = Some(Instant::now());
+        } else {
+            return;
+        }
+        self.written_while_stalled = 0;
+    }
+
+    /// When pending output that the client is not taking ends the connection.
+    fn stall_deadline(&self) -> Instant {
+        match self.stalled_since {
+            Some(since) => since + self.shared.limits.idle_timeout,
+            None => Instant::now() + self.shared.limits.idle_timeout,
+        }
     }
 
     /// Moves queued frames into the write buffer and writes what the socket takes.
@@ -289,9 +315,7 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out_pos += n;
-                    if self.stalled_since.is_some() {
-                        self.stalled_since = Some(Instant::now());
-                    }
+                    self.written_while_stalled += n;
                     Metrics::add(&self.shared.metrics.bytes_out, n as u64);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -299,6 +323,7 @@ impl Connection {
                 Err(err) => return Ok(Some(format!("write failed: {err}"))),
             }
         }
+        self.track_stall();
         if self.unsent() == 0 {
             self.out_pos = 0;
             self.outbuf.clear();

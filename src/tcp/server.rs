@@ -213,6 +213,7 @@ impl Observer {
             users_logged_in: s.online_users,
             calls_ringing: s.calls_ringing,
             calls_active: s.calls - s.calls_ringing,
+            frames_encoded: s.frames_encoded,
         };
         self.0.metrics.render(gauges, |code| {
             MessageType::from_code(code).map(MessageType::name)

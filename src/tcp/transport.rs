@@ -44,7 +44,9 @@ impl Transport {
         let _ = tcp.shutdown(std::net::Shutdown::Write);
         let deadline = Instant::now() + linger;
         let mut sink = [0u8; 4096];
-        loop {
+        // Bounded by time, not by what arrives: a client that keeps sending
+        // must not hold the thread.
+        while Instant::now() < deadline {
             match tcp.read(&mut sink) {
                 Ok(0) => break,
                 Ok(_) => {}

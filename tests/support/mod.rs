@@ -408,3 +408,19 @@ pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Client {
         skipped: Vec::new(),
     }
 }
+
+/// Connects with a small receive buffer, so that not reading fills it quickly
+/// (the kernel otherwise absorbs megabytes for a client that never reads).
+pub fn connect_small_receive_buffer(to: SocketAddr) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&to.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    Client {
+        stream: Box::new(tcp.try_clone().expect("clone")),
+        tcp,
+        skipped: Vec::new(),
+    }
+}

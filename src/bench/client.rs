@@ -1,0 +1,242 @@
+//! A blocking client over the project's own codec, and the ICE probe text.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::tcp::frame::{self, Decoded};
+use crate::tcp::message::{Credentials, MessageType, Request, ServerMessage};
+
+/// Largest frame the bench accepts (a 2,000-user USER_LIST_RESPONSE fits easily).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// One frame as read: its type code and payload.
+pub type RawFrame = (u8, Vec<u8>);
+
+/// A blocking connection that reads whole frames.
+pub struct Client {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl Client {
+    /// Connects with TCP_NODELAY, as the daemon's own sockets are.
+    ///
+    /// # Errors
+    /// If the connection fails.
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Client::from_stream(stream))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            inbuf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// A second handle on the socket, for a thread that only writes.
+    ///
+    /// # Errors
+    /// As [`TcpStream::try_clone`].
+    pub fn writer(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
+    /// # Errors
+    /// As [`TcpStream::set_read_timeout`].
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// Writes an already-encoded frame in one write.
+    ///
+    /// # Errors
+    /// If the write fails.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// # Errors
+    /// If the write fails.
+    pub fn send(&mut self, request: &Request) -> io::Result<()> {
+        self.send_raw(&request.to_frame())
+    }
+
+    /// The next frame; `Ok(None)` if the read timeout passed first.
+    ///
+    /// # Errors
+    /// End of stream, a read error or an oversized frame.
+    pub fn recv(&mut self) -> io::Result<Option<RawFrame>> {
+        loop {
+            let decoded = frame::decode(&self.inbuf, MAX_FRAME)
+                .map_err(|e| invalid(e.to_string()))?
+                .map(|(d, used)| {
+                    let owned = match d {
+                        Decoded::Frame { kind, payload } => Some((kind, payload.to_vec())),
+                        Decoded::Empty => None,
+                    };
+                    (owned, used)
+                });
+            if let Some((owned, used)) = decoded {
+                self.inbuf.drain(..used);
+                match owned {
+                    Some(f) => return Ok(Some(f)),
+                    None => continue,
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads until a frame of type `want` arrives, skipping presence pushes
+    /// (USER_STATE_UPDATE). An ERROR or anything else unexpected is an error.
+    ///
+    /// # Errors
+    /// Timeout (`limit` read timeouts in a row), end of stream, or an unexpected frame.
+    pub fn expect(&mut self, want: MessageType, limit: u32) -> io::Result<ServerMessage> {
+        let mut waits = 0;
+        loop {
+            let Some((kind, payload)) = self.recv()? else {
+                waits += 1;
+                if waits >= limit {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no {} in time", want.name()),
+                    ));
+                }
+                continue;
+            };
+            if kind == MessageType::UserStateUpdate.code() {
+                continue;
+            }
+            let message = ServerMessage::decode(kind, &payload).map_err(invalid)?;
+            if kind == want.code() {
+                return Ok(message);
+            }
+            return Err(invalid(format!(
+                "expected {}, got {message:?}",
+                want.name()
+            )));
+        }
+    }
+
+    /// Logs in and returns the user id.
+    ///
+    /// # Errors
+    /// If the login fails or is refused.
+    pub fn login(&mut self, username: &str, secret: &str) -> io::Result<String> {
+        self.send(&Request::Login(Credentials {
+            username: username.into(),
+            password_hash: secret.into(),
+            req_id: None,
+        }))?;
+        match self.expect(MessageType::LoginResponse, 60)? {
+            ServerMessage::LoginResponse(r) if r.success => r
+                .user_id
+                .ok_or_else(|| invalid("LOGIN_RESPONSE without user_id".into())),
+            other => Err(invalid(format!("login of {username} failed: {other:?}"))),
+        }
+    }
+}
+
+/// The candidate text of a probe: sequence number and send time (nanoseconds
+/// since the run's epoch), padded with `x` to `size` bytes when shorter.
+pub fn probe_text(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut text = format!("candidate:bench seq={seq} t={sent_ns} pad=");
+    if text.len() < size {
+        text.extend(std::iter::repeat_n('x', size - text.len()));
+    }
+    text
+}
+
+/// Reads `(seq, sent_ns)` back from a probe's candidate text.
+pub fn parse_probe(text: &str) -> Option<(u64, u64)> {
+    let rest = text.strip_prefix("candidate:bench seq=")?;
+    let (seq, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("t=")?;
+    let (t, _) = rest.split_once(' ')?;
+    Some((seq.parse().ok()?, t.parse().ok()?))
+}
+
+/// The value of a string field in compact JSON, found the way the v1 desktop
+/// client finds it (search for `"key":"`, read to the next `"`). Used on the
+/// hot path of the presence storm, where a full parse per frame would make the
+/// load generator, not the daemon, the bottleneck.
+pub fn scan_str<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let mut pattern = String::with_capacity(key.len() + 4);
+    pattern.push('"');
+    pattern.push_str(key);
+    pattern.push_str("\":\"");
+    let start = json.find(&pattern)? + pattern.len();
+    let len = json[start..].find('"')?;
+    Some(&json[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::message::IceCandidate;
+
+    /// A probe's numbers survive padding and a trip through an encoded ICE_CANDIDATE.
+    #[test]
+    fn a_probe_round_trips_through_an_ice_candidate() {
+        let text = probe_text(42, 123_456_789, 200);
+        assert_eq!(text.len(), 200);
+        let frame = Request::IceCandidate(IceCandidate {
+            call_id: "7".into(),
+            from_user_id: String::new(),
+            to_user_id: String::new(),
+            candidate: text,
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: 0,
+            req_id: None,
+        })
+        .to_frame();
+        let (kind, payload) = match frame::decode(&frame, MAX_FRAME) {
+            Ok(Some((Decoded::Frame { kind, payload }, _))) => (kind, payload),
+            other => panic!("{other:?}"),
+        };
+        let Ok(ServerMessage::IceCandidate(ice)) = ServerMessage::decode(kind, payload) else {
+            panic!("not an ICE candidate");
+        };
+        assert_eq!(parse_probe(&ice.candidate), Some((42, 123_456_789)));
+    }
+
+    /// A probe shorter than its header is not truncated, and still parses.
+    #[test]
+    fn a_small_size_keeps_the_whole_header() {
+        let text = probe_text(1, 2, 4);
+        assert_eq!(parse_probe(&text), Some((1, 2)));
+        assert_eq!(parse_probe("candidate:1 1 udp"), None);
+    }
+
+    /// The field scan reads compact JSON as the daemon writes it.
+    #[test]
+    fn scanning_finds_string_fields_in_compact_json() {
+        let json = r#"{"user_id":"12","username":"bench3","state":"Available"}"#;
+        assert_eq!(scan_str(json, "user_id"), Some("12"));
+        assert_eq!(scan_str(json, "state"), Some("Available"));
+        assert_eq!(scan_str(json, "call_id"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! The load generator (`switchboard-bench`): workloads against the daemon run
+//! as a separate process, and a floor relay to compare with.
+//!
+//! Every workload prints a human summary and then one JSON line (starting
+//! with `{`) with its figures; `scripts/bench.sh` collects those lines.
+//!
+//! # Layout
+//!
+//! - [`relay`]: callers send ICE probes, callees echo them; closed and open loop.
+//! - [`floor`]: the minimal thread-per-connection relay the daemon is compared with.
+//! - [`swarm`]: thousands of clients on a few poll(2) threads (`idle`, `storm`).
+//! - [`setup`]: scripted calls, CALL_REQUEST to the last ICE candidate.
+//! - [`stats`]: percentiles, loss and reordering.
+//! - [`client`]: a blocking client over [`crate::tcp::frame`] and [`crate::tcp::message`].
+//! - [`daemon`]: starting the daemon, its users file, /proc and /metrics.
+
+pub mod client;
+pub mod daemon;
+pub mod floor;
+pub mod relay;
+pub mod setup;
+pub mod stats;
+pub mod swarm;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use daemon::{Daemon, DaemonOptions, ProcStats};
+use floor::FloorProcess;
+use relay::{RelayFigures, RelayOptions, Target};
+
+/// What every workload needs: the binaries and the daemon's bcrypt cost.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The `switchboard` daemon binary.
+    pub daemon: PathBuf,
+    /// This load generator's own binary (it runs the floor as `... floor`).
+    pub bench: PathBuf,
+    pub bcrypt_cost: u32,
+}
+
+impl Common {
+    fn start_daemon(&self, users: usize, connections: usize) -> io::Result<Daemon> {
+        Daemon::start(&DaemonOptions {
+            binary: self.daemon.clone(),
+            bcrypt_cost: self.bcrypt_cost,
+            max_connections: connections + 64,
+            users,
+        })
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+fn relay_line(f: &RelayFigures) -> String {
+    format!(
+        "  {:<11} {:>9.0} round trips/s  rtt p50 {:>7.1} us  p90 {:>7.1}  p99 {:>7.1}  p99.9 {:>7.1}  max {:>8.1}  sent {} received {} lost {} reordered {} errors {} late sends {}",
+        f.target,
+        f.round_trips_per_s,
+        f.rtt.p50_us,
+        f.rtt.p90_us,
+        f.rtt.p99_us,
+        f.rtt.p999_us,
+        f.rtt.max_us,
+        f.sent,
+        f.received,
+        f.lost,
+        f.reordered,
+        f.errors,
+        f.late_sends
+    )
+}
+
+/// The relay workload against the floor and then Switchboard, in the same run;
+/// Switchboard's figures are also given as ratios to the floor's.
+///
+/// # Errors
+/// If either server cannot be started or the pairs cannot be set up.
+pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) -> io::Result<Value> {
+    let floor = if with_floor {
+        let server = FloorProcess::start(&common.bench)?;
+        let figures = relay::run(Target::Floor(server.addr), opts)?;
+        drop(server);
+        Some(figures)
+    } else {
+        None
+    };
+    let daemon = common.start_daemon(2 * opts.pairs, 2 * opts.pairs)?;
+    let sb = relay::run(Target::Switchboard(daemon.addr), opts)?;
+    let relay_count = daemon.metric("switchboard_relay_seconds_count");
+    drop(daemon);
+    let mode = if opts.rate.is_some() {
+        "open loop"
+    } else {
+        "closed loop"
+    };
+    println!(
+        "relay ({mode}, {} pairs, {} B candidates, {:.0} s{})",
+        opts.pairs,
+        opts.size,
+        opts.duration.as_secs_f64(),
+        opts.rate
+            .map(|r| format!(", {r:.0} msgs/s"))
+            .unwrap_or_default()
+    );
+    if let Some(f) = &floor {
+        println!("{}", relay_line(f));
+    }
+    println!("{}", relay_line(&sb));
+    let ratios = floor.as_ref().map(|f| {
+        json!({
+            "throughput": ratio(sb.round_trips_per_s, f.round_trips_per_s),
+            "p50": ratio(sb.rtt.p50_us, f.rtt.p50_us),
+            "p99": ratio(sb.rtt.p99_us, f.rtt.p99_us),
+            "p999": ratio(sb.rtt.p999_us, f.rtt.p999_us),
+        })
+    });
+    if let Some(r) = &ratios {
+        println!(
+            "  ratio to floor: throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["p50"].as_f64().unwrap_or(0.0),
+            r["p99"].as_f64().unwrap_or(0.0),
+            r["p999"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(json!({
+        "workload": "relay",
+        "mode": sb.mode,
+        "pairs": opts.pairs,
+        "size": opts.size,
+        "rate": opts.rate,
+        "switchboard": sb,
+        "floor": floor,
+        "ratio_to_floor": ratios,
+        "daemon_relay_histogram_count": relay_count,
+    }))
+}
+
+/// The daemon's open-files limit, from /proc/PID/limits.
+fn nofile_limit(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `clients` log in at once and stay; the daemon's RSS, threads and
+/// descriptors are read before the first connection and once every presence
+/// broadcast has arrived, with all connections open.
+///
+/// # Errors
+/// If the daemon cannot start or the clients cannot connect.
+pub fn idle_workload(
+    common: &Common,
+    clients: usize,
+    shards: usize,
+    timeout: Duration,
+) -> io::Result<Value> {
+    let daemon = common.start_daemon(clients, clients)?;
+    let limit = nofile_limit(daemon.pid());
+    if let Some(limit) = limit
+        && limit < 2 * clients as u64 + 64
+    {
+        eprintln!(
+            "switchboard-bench: warning: the daemon's open-files limit {limit} is below the {} that {clients} connections need (2 per connection)",
+            2 * clients + 64
+        );
+    }
+    let before = daemon.proc_stats()?;
+    let result = swarm::run(
+        daemon.addr,
+        &swarm::SwarmOptions {
+            clients,
+            shards,
+            track_presence: false,
+            timeout,
+        },
+    )?;
+    // Let the connection threads go back to sleep before reading /proc.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = daemon.proc_stats()?;
+    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let open = daemon.metric("switchboard_connections_open");
+    drop(result.sockets);
+    let n = clients.max(1) as f64;
+    let expected = (clients as u64) * (clients as u64).saturating_sub(1) / 2;
+    let settled = result.state_updates >= expected;
+    let rss_per_conn_kib = (after.rss_kib as f64 - before.rss_kib as f64) / n;
+    let fds_per_conn = (after.fds as f64 - before.fds as f64) / n;
+    let threads_per_conn = (after.threads as f64 - before.threads as f64) / n;
+    let login_rate = ratio(result.logins_ok as f64, result.logins_done_secs);
+    let show = |p: ProcStats| {
+        format!(
+            "RSS {} KiB, {} threads, {} fds",
+            p.rss_kib, p.threads, p.fds
+        )
+    };
+    println!(
+        "idle ({clients} clients, bcrypt cost {})",
+        common.bcrypt_cost
+    );
+    println!(
+        "  connected in {:.2} s; {} logins in {:.2} s ({login_rate:.0}/s); presence updates {} of {expected}{}",
+        result.connect_secs,
+        result.logins_ok,
+        result.logins_done_secs,
+        result.state_updates,
+        if settled {
+            " (settled)"
+        } else {
+            " (NOT settled: measured while still delivering)"
+        }
+    );
+    println!("  daemon before: {}", show(before));
+    println!(
+        "  daemon after:  {} ({} connections open)",
+        show(after),
+        open.map_or_else(|| "?".into(), |n| n.to_string())
+    );
+    println!(
+        "  per connection: {rss_per_conn_kib:.1} KiB RSS, {fds_per_conn:.2} fds, {threads_per_conn:.2} threads; errors {}",
+        result.errors
+    );
+    Ok(json!({
+        "workload": "idle",
+        "clients": clients,
+        "bcrypt_cost": common.bcrypt_cost,
+        "connect_secs": result.connect_secs,
+        "logins_ok": result.logins_ok,
+        "logins_secs": result.logins_done_secs,
+        "login_rate_per_s": login_rate,
+        "before": before,
+        "after": after,
+        "connections_open": open,
+        "rss_per_conn_kib": rss_per_conn_kib,
+        "fds_per_conn": fds_per_conn,
+        "threads_per_conn": threads_per_conn,
+        "daemon_nofile_limit": limit,
+        "state_updates": result.state_updates,
+        "state_updates_expected": expected,
+        "settled": settled,
+        "frames_encoded": encoded,
+        "errors": result.errors,
+    }))
+}
+
+/// `clients` log in at the same moment; each asks for the user list and
+/// counts who it has seen Available.
+///
+/// # Errors
+/// If the daemon cannot start or the clients cannot connect.
+pub fn storm_workload(
+    common: &Common,
+    clients: usize,
+    shards: usize,
+    timeout: Duration,
+) -> io::Result<Value> {
+    let daemon = common.start_daemon(clients, clients)?;
+    let result = swarm::run(
+        daemon.addr,
+        &swarm::SwarmOptions {
+            clients,
+            shards,
+            track_presence: true,
+            timeout,
+        },
+    )?;
+    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let updates_out = daemon.metric("switchboard_frames_out_total{type=\"USER_STATE_UPDATE\"}");
+    drop(result.sockets);
+    drop(daemon);
+    println!(
+        "storm ({clients} clients, bcrypt cost {})",
+        common.bcrypt_cost
+    );
+    println!(
+        "  every LOGIN_RESPONSE after {:.3} s ({} ok); presence settled for {}/{clients} clients after {}",
+        result.logins_done_secs,
+        result.logins_ok,
+        result.presence_complete,
+        result
+            .presence_done_secs
+            .map(|s| format!("{s:.3} s"))
+            .unwrap_or_else(|| "never".into())
+    );
+    println!(
+        "  frames received {} (USER_STATE_UPDATE {}); daemon: {} USER_STATE_UPDATE sent from {} frames encoded; errors {}",
+        result.frames,
+        result.state_updates,
+        updates_out.map_or_else(|| "?".into(), |n| n.to_string()),
+        encoded.map_or_else(|| "?".into(), |n| n.to_string()),
+        result.errors
+    );
+    Ok(json!({
+        "workload": "storm",
+        "clients": clients,
+        "bcrypt_cost": common.bcrypt_cost,
+        "logins_ok": result.logins_ok,
+        "all_logins_secs": result.logins_done_secs,
+        "presence_settled_secs": result.presence_done_secs,
+        "presence_complete": result.presence_complete,
+        "frames_received": result.frames,
+        "state_updates_received": result.state_updates,
+        "daemon_state_updates_sent": updates_out,
+        "daemon_frames_encoded": encoded,
+        "errors": result.errors,
+    }))
+}
+
+/// Scripted calls on `pairs` pairs.
+///
+/// # Errors
+/// If the daemon cannot start or a pair cannot log in.
+pub fn setup_workload(common: &Common, opts: &setup::SetupOptions) -> io::Result<Value> {
+    let daemon = common.start_daemon(2 * opts.pairs, 2 * opts.pairs)?;
+    let f = setup::run(daemon.addr, opts)?;
+    drop(daemon);
+    println!(
+        "setup ({} pairs, {} calls): {:.0} calls/s; CALL_REQUEST to last ICE p50 {:.1} us p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}; errors {}",
+        f.pairs,
+        f.calls,
+        f.calls_per_s,
+        f.setup.p50_us,
+        f.setup.p90_us,
+        f.setup.p99_us,
+        f.setup.p999_us,
+        f.setup.max_us,
+        f.errors
+    );
+    let mut v = serde_json::to_value(&f).map_err(io::Error::other)?;
+    v["workload"] = json!("setup");
+    Ok(v)
+}

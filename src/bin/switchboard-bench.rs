@@ -1,0 +1,164 @@
+//! `switchboard-bench`: the load generator. See BENCHMARKS.md and `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use switchboard::bench::{self, Common, daemon, floor, relay::RelayOptions, setup::SetupOptions};
+
+/// Load generator for Switchboard: relay, idle, storm and setup workloads, and the floor relay.
+///
+/// Each workload starts its own daemon (and the floor, for relay), prints a
+/// human summary and then one JSON line with its figures.
+#[derive(Parser, Debug)]
+#[command(name = "switchboard-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// The daemon binary; by default `switchboard` next to this one.
+    #[arg(long, global = true, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// The daemon's auth.bcrypt_cost.
+    #[arg(long, global = true, default_value_t = 4)]
+    bcrypt_cost: u32,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Callers send ICE probes, callees echo them; the floor runs first in the same run.
+    Relay {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Seconds of measurement.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Bytes of candidate text per probe.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Open loop at this many probes per second over all pairs; closed loop without it.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Skip the floor (Switchboard only).
+        #[arg(long)]
+        no_floor: bool,
+    },
+    /// Clients log in and stay; RSS, threads and descriptors of the daemon.
+    Idle {
+        #[arg(long, default_value_t = 9000)]
+        clients: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 240.0)]
+        timeout: f64,
+    },
+    /// Clients log in at once; time until all see each other Available.
+    Storm {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Scripted calls: CALL_REQUEST to the last ICE candidate.
+    Setup {
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+    },
+    /// Run the floor relay on 127.0.0.1 (prints `listening on ADDR`).
+    Floor {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchboard-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    let limit = daemon::raise_nofile_limit();
+    let bench_bin = std::env::current_exe()?;
+    let daemon_bin = match cli.daemon {
+        Some(p) => p,
+        None => bench_bin.with_file_name("switchboard"),
+    };
+    let common = Common {
+        daemon: daemon_bin,
+        bench: bench_bin,
+        bcrypt_cost: cli.bcrypt_cost,
+    };
+    let need = |fds: usize| {
+        if let Some(limit) = limit
+            && limit < fds as u64
+        {
+            eprintln!(
+                "switchboard-bench: warning: open-files limit {limit} is below the {fds} this run needs; raise `ulimit -n`"
+            );
+        }
+    };
+    let line = match cli.command {
+        Command::Floor { port } => {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+            println!("listening on {}", listener.local_addr()?);
+            floor::serve(listener)?;
+            return Ok(());
+        }
+        Command::Relay {
+            pairs,
+            seconds,
+            size,
+            rate,
+            no_floor,
+        } => {
+            need(2 * pairs + 64);
+            bench::relay_workload(
+                &common,
+                &RelayOptions {
+                    pairs,
+                    duration: Duration::from_secs_f64(seconds),
+                    size,
+                    rate,
+                    grace: Duration::from_secs(2),
+                },
+                !no_floor,
+            )?
+        }
+        Command::Idle {
+            clients,
+            threads,
+            timeout,
+        } => {
+            need(clients + 64);
+            bench::idle_workload(&common, clients, threads, Duration::from_secs_f64(timeout))?
+        }
+        Command::Storm {
+            clients,
+            threads,
+            timeout,
+        } => {
+            need(clients + 64);
+            bench::storm_workload(&common, clients, threads, Duration::from_secs_f64(timeout))?
+        }
+        Command::Setup { pairs, calls } => bench::setup_workload(
+            &common,
+            &SetupOptions {
+                pairs,
+                calls_per_pair: calls,
+            },
+        )?,
+    };
+    println!("{line}");
+    Ok(())
+}

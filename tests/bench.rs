@@ -1,0 +1,110 @@
+//! Smoke runs of every `switchboard-bench` workload: a few clients for a
+//! second or two against the real daemon binary. Counts must be consistent;
+//! no timing is asserted (the machine may be busy).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_switchboard-bench");
+const DAEMON: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Runs a workload and returns its JSON line, failing with the whole output.
+fn run(args: &[&str]) -> Value {
+    let out = Command::new(BENCH)
+        .args(["--daemon", DAEMON])
+        .args(args)
+        .output()
+        .expect("run switchboard-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "`{BENCH} {}` failed\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        args.join(" ")
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in:\n{stdout}\nstderr:\n{stderr}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn count(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no {path} in {v}"))
+}
+
+/// Closed loop: against both servers every probe sent comes back, none lost or reordered.
+#[test]
+fn the_closed_loop_relay_gets_every_probe_back_from_both_servers() {
+    let v = run(&["relay", "--pairs", "3", "--seconds", "1", "--size", "64"]);
+    for target in ["/switchboard", "/floor"] {
+        let sent = count(&v, &format!("{target}/sent"));
+        assert!(sent > 0, "{v}");
+        assert_eq!(count(&v, &format!("{target}/received")), sent, "{v}");
+        assert_eq!(count(&v, &format!("{target}/rtt/count")), sent, "{v}");
+        for zero in ["errors", "lost", "reordered"] {
+            assert_eq!(count(&v, &format!("{target}/{zero}")), 0, "{zero}: {v}");
+        }
+    }
+    assert!(v["ratio_to_floor"]["throughput"].as_f64().is_some(), "{v}");
+}
+
+/// Open loop: probes are sent on schedule and, after the grace period, none is missing.
+#[test]
+fn the_open_loop_relay_accounts_for_every_probe() {
+    let v = run(&[
+        "relay",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+        "--rate",
+        "200",
+        "--no-floor",
+    ]);
+    let sent = count(&v, "/switchboard/sent");
+    assert!(sent > 0, "{v}");
+    assert_eq!(
+        count(&v, "/switchboard/received") + count(&v, "/switchboard/lost"),
+        sent,
+        "{v}"
+    );
+    assert_eq!(count(&v, "/switchboard/errors"), 0, "{v}");
+}
+
+/// Idle: every client logs in, each holds one thread and two descriptors in the daemon.
+#[test]
+fn idle_clients_all_log_in_and_are_counted_in_the_daemon() {
+    let v = run(&["idle", "--clients", "20"]);
+    assert_eq!(count(&v, "/logins_ok"), 20, "{v}");
+    assert_eq!(count(&v, "/connections_open"), 20, "{v}");
+    assert_eq!(count(&v, "/state_updates"), 20 * 19 / 2, "{v}");
+    assert_eq!(count(&v, "/errors"), 0, "{v}");
+    assert_eq!(
+        count(&v, "/after/fds") - count(&v, "/before/fds"),
+        40,
+        "{v}"
+    );
+}
+
+/// Storm: everyone sees everyone, and each presence broadcast is encoded once.
+#[test]
+fn a_login_storm_settles_and_encodes_each_broadcast_once() {
+    let v = run(&["storm", "--clients", "30"]);
+    assert_eq!(count(&v, "/logins_ok"), 30, "{v}");
+    assert_eq!(count(&v, "/presence_complete"), 30, "{v}");
+    assert_eq!(count(&v, "/errors"), 0, "{v}");
+    assert_eq!(count(&v, "/daemon_state_updates_sent"), 30 * 29 / 2, "{v}");
+    assert_eq!(count(&v, "/daemon_frames_encoded"), 29, "{v}");
+}
+
+/// Setup: every scripted call completes.
+#[test]
+fn scripted_calls_all_complete() {
+    let v = run(&["setup", "--pairs", "2", "--calls", "5"]);
+    assert_eq!(count(&v, "/calls"), 10, "{v}");
+    assert_eq!(count(&v, "/errors"), 0, "{v}");
+}
