@@ -391,13 +391,8 @@ pub fn connect_call(a: &mut Client, b: &mut Client, b_id: &str) -> String {
     call_id
 }
 
-/// Connects from a chosen loopback source address (127.0.0.x), to look like another host.
-pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Client {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::from((source, 0)).into())
-        .expect("bind source address");
+/// A client on a socket the test has set up (source address, buffer sizes).
+fn client_on(socket: socket2::Socket, to: SocketAddr) -> Client {
     socket.connect(&to.into()).expect("connect");
     let tcp: TcpStream = socket.into();
     tcp.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -409,18 +404,23 @@ pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Client {
     }
 }
 
+fn new_socket() -> socket2::Socket {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket")
+}
+
+/// Connects from a chosen loopback source address (127.0.0.x), to look like another host.
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Client {
+    let socket = new_socket();
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind source address");
+    client_on(socket, to)
+}
+
 /// Connects with a small receive buffer, so that not reading fills it quickly
 /// (the kernel otherwise absorbs megabytes for a client that never reads).
 pub fn connect_small_receive_buffer(to: SocketAddr) -> Client {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let socket = new_socket();
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    socket.connect(&to.into()).expect("connect");
-    let tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-    Client {
-        stream: Box::new(tcp.try_clone().expect("clone")),
-        tcp,
-        skipped: Vec::new(),
-    }
+    client_on(socket, to)
 }
