@@ -132,20 +132,27 @@ impl UsersFile {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Appends one line and makes it durable. On failure the file is cut back to
-    /// where it was, so no half line stays behind.
-    fn append(&self, line: &str) -> io::Result<()> {
-        let mut file = lock(&self.writer);
-        let before = file.metadata()?.len();
-        let result = file
-            .write_all(line.as_bytes())
-            .and_then(|()| file.sync_data());
-        if result.is_err() {
-            let _ = file.set_len(before).and_then(|()| file.sync_data());
-        }
-        result
+/// Appends one line and makes it durable. On failure the file is cut back to
+/// where it was, so no half line stays behind.
+fn append_durably(file: &mut File, line: &str) -> io::Result<()> {
+    let before = file.metadata()?.len();
+    let result = file
+        .write_all(line.as_bytes())
+        .and_then(|()| file.sync_data());
+    if result.is_err() {
+        let _ = file.set_len(before).and_then(|()| file.sync_data());
     }
+    result
+}
+
+/// The users.txt line of a user, newline included.
+fn line_of(u: &UserRecord) -> String {
+    format!(
+        "{}|{}|{}|{}\n",
+        u.id, u.username, u.password_hash, u.created_at
+    )
 }
 
 impl UsersFile {
@@ -178,36 +185,37 @@ impl UsersFile {
         username: &str,
         change: impl FnOnce(&UserRecord) -> Option<UserRecord>,
     ) -> io::Result<Option<UserRecord>> {
-        // The writer lock orders this against appends, and the index lock is
-        // held throughout so no registration slips in between copy and rename.
+        // The writer lock keeps appends out until the new file is in place, and
+        // every user already in the file is in the index (create publishes
+        // before it lets go of the writer), so the snapshot misses no line.
         let mut writer = lock(&self.writer);
-        let mut index = lock(&self.index);
         let key = username_key(username);
-        let Some(id) = index.by_name.get(&key).copied() else {
-            return Ok(None);
-        };
-        let Some(old) = index.by_id.get(&id).cloned() else {
-            return Ok(None);
-        };
-        let new = change(&old);
-        // Deleted ids are never given out again: the high-water mark is kept.
-        let mut content = format!("{HEADER}{NEXT_ID}{}\n", index.next_id);
-        for user in index.by_id.values() {
-            let user = if user.id == id {
-                new.as_ref()
-            } else {
-                Some(user)
+        let (id, old, new, content) = {
+            let index = lock(&self.index);
+            let Some(id) = index.by_name.get(&key).copied() else {
+                return Ok(None);
             };
-            if let Some(u) = user {
-                content.push_str(&format!(
-                    "{}|{}|{}|{}\n",
-                    u.id, u.username, u.password_hash, u.created_at
-                ));
+            let Some(old) = index.by_id.get(&id).cloned() else {
+                return Ok(None);
+            };
+            let new = change(&old);
+            // Deleted ids are never given out again: the high-water mark is kept.
+            let mut content = format!("{HEADER}{NEXT_ID}{}\n", index.next_id);
+            for user in index.by_id.values() {
+                let user = if user.id == id {
+                    new.as_ref()
+                } else {
+                    Some(user)
+                };
+                content.extend(user.map(line_of));
             }
-        }
+            (id, old, new, content)
+        };
+        // The file I/O runs without the index lock: lookups go on meanwhile.
         // The old append handle points at the replaced file; the new one is
         // opened on the new file before it takes the name.
         *writer = replace_atomically(&self.path, content.as_bytes())?;
+        let mut index = lock(&self.index);
         match new {
             Some(user) => {
                 index.by_id.insert(id, user);
@@ -335,8 +343,10 @@ impl UserStore for UsersFile {
             password_hash: password_hash.to_string(),
             created_at,
         };
-        let line = format!("{}|{}|{}|{}\n", id, username, password_hash, created_at);
-        let written = self.append(&line);
+        let mut writer = lock(&self.writer);
+        let written = append_durably(&mut writer, &line_of(&record));
+        // Published before the writer lock is released, so a rewrite (which
+        // takes the writer lock first) sees every line already in the file.
         let mut index = lock(&self.index);
         index.reserved.remove(&key);
         match written {
