@@ -11,17 +11,14 @@ use switchboard::application::{StoreError, UserRecord, UserStore};
 use switchboard::domain::UserId;
 use switchboard::tcp::MessageType as T;
 
-use crate::support::daemon::Daemon;
+use crate::support::daemon::{Daemon, configured};
 use crate::support::{Client, TestServer, connect_call};
 
-fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("config.json");
-    let json = json!({
+fn config() -> serde_json::Value {
+    json!({
         "auth": {"bcrypt_cost": 4},
         "limits": {"registrations_per_ip_per_minute": 1_000_000, "max_connections_per_ip": 1000, "frames_per_second": 1e6, "frame_burst": 1_000_000}
-    });
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+    })
 }
 
 /// kill -9 in the middle of a burst of registrations: after a restart every
@@ -30,15 +27,7 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
 fn kill_9_during_registrations_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = config(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let args = configured(dir.path(), &config(), &[]);
     let daemon = Daemon::start(&args, &[], dir.path());
     let acked = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..6)
@@ -158,18 +147,7 @@ fn cycles_leave_no_threads_descriptors_or_sessions_behind() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = config(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--log-level",
-        "warn",
-    ];
+    let args = configured(dir.path(), &config(), &["--log-level", "warn"]);
     let daemon = Daemon::start(&args, &[], dir.path());
     let pid = daemon.child.id();
     let mut setup = Client::connect(daemon.addr);

@@ -12,7 +12,7 @@ use switchboard::application::UserStore;
 use switchboard::infrastructure::UsersFile;
 use switchboard::tcp::MessageType as T;
 
-use crate::support::daemon::{Daemon, run_with_env};
+use crate::support::daemon::{Daemon, configured, run_with_env};
 use crate::support::{Client, TestServer, certs, connect_call};
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -46,14 +46,8 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {line_start:?} in:\n{text}"))
 }
 
-fn fast_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("fast.json");
-    std::fs::write(
-        &path,
-        r#"{"auth":{"bcrypt_cost":4},"server":{"drain_timeout_secs":5}}"#,
-    )
-    .unwrap();
-    path
+fn fast() -> serde_json::Value {
+    json!({"auth": {"bcrypt_cost": 4}, "server": {"drain_timeout_secs": 5}})
 }
 
 /// SIGTERM with clients connected and in a call: the call ends (HANGUP),
@@ -63,15 +57,7 @@ fn fast_config(dir: &std::path::Path) -> std::path::PathBuf {
 fn sigterm_drains_clients_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = fast_config(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let args = configured(dir.path(), &fast(), &[]);
     let mut daemon = Daemon::start(&args, &[], dir.path());
     let mut alice = Client::connect(daemon.addr);
     alice.register("alice", "pw");
@@ -119,20 +105,16 @@ fn sighup_rotates_the_tls_certificate_without_dropping_connections() {
     let newer_dir = dir.path().join("new");
     std::fs::create_dir_all(&newer_dir).unwrap();
     let newer = certs::make(&newer_dir);
-    let data = dir.path().join("data");
-    let config = fast_config(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--cert",
-        old.cert_pem.to_str().unwrap(),
-        "--key",
-        old.key_pem.to_str().unwrap(),
-    ];
+    let args = configured(
+        dir.path(),
+        &fast(),
+        &[
+            "--cert",
+            old.cert_pem.to_str().unwrap(),
+            "--key",
+            old.key_pem.to_str().unwrap(),
+        ],
+    );
     let daemon = Daemon::start(&args, &[], dir.path());
     let mut before = Client::tls(daemon.addr, &old.ca_pem);
     before.register("alice", "pw");
@@ -276,16 +258,7 @@ fn the_daemon_notifies_systemd_when_ready() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let data = dir.path().join("data");
-    let config = fast_config(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let args = configured(dir.path(), &fast(), &[]);
     let mut daemon = Daemon::start(
         &args,
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
@@ -306,18 +279,16 @@ fn the_daemon_notifies_systemd_when_ready() {
 #[test]
 fn user_subcommands_manage_users_txt() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = fast_config(dir.path());
     let pwfile = dir.path().join("pw");
     std::fs::write(&pwfile, "from-file\n").unwrap();
-    let base = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    // The daemon's arguments; the operator subcommands take the same ones.
+    let base = configured(dir.path(), &fast(), &[]);
     let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let args: Vec<&str> = base
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
         run_with_env(&args, env)
     };
     let (code, out, err) = run(
@@ -371,8 +342,7 @@ fn user_subcommands_manage_users_txt() {
         1
     );
 
-    let args: Vec<&str> = base.iter().copied().chain(["--port", "0"]).collect();
-    let daemon = Daemon::start(&args, &[], dir.path());
+    let daemon = Daemon::start(&base, &[], dir.path());
     let mut c = Client::connect(daemon.addr);
     assert_eq!(c.login("alice", "from-file").body["success"], false);
     c.login_ok("alice", "changed");

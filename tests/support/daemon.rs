@@ -21,11 +21,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `switchboard ARGS` with `envs`, waiting for its address line.
-    pub fn start(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Daemon {
+    pub fn start(args: &[impl AsRef<str>], envs: &[(&str, &str)], log_dir: &Path) -> Daemon {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let stderr_path = log_dir.join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
+        cmd.args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -162,4 +163,24 @@ pub fn run_with_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Writes `config` to DIR/config.json and returns the arguments that serve it
+/// on 127.0.0.1, port 0, with its data in DIR/data, followed by `extra`.
+pub fn configured(dir: &Path, config: &serde_json::Value, extra: &[&str]) -> Vec<String> {
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    let data = dir.join("data");
+    let mut args: Vec<String> = [
+        "--config",
+        path.to_str().expect("utf-8 path"),
+        "--port",
+        "0",
+    ]
+    .into_iter()
+    .chain(["--data-dir", data.to_str().expect("utf-8 path")])
+    .map(String::from)
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
