@@ -8,12 +8,18 @@ use log::{info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::admin::{self, AdminHandle};
-use crate::application::UserStore;
 use crate::application::auth::AuthLimits;
+use crate::application::hub::HoldLimits;
+use crate::application::{IceSettings, UserStore};
 use crate::config::{Config, LimitsConfig};
 use crate::domain::limits::BackoffPolicy;
-use crate::infrastructure::{DataDirLock, LoadError, LockError, UsersFile};
-use crate::tcp::{Limits, Server, ServerHandle, Settings, TlsError, build_acceptor};
+use crate::infrastructure::{
+    DataDirLock, LoadError, LockError, RevocationFile, SessionFileError, UsersFile,
+    load_or_create_secret,
+};
+use crate::tcp::{
+    Limits, Server, ServerHandle, SessionSettings, Settings, Storage, TlsError, build_acceptor,
+};
 
 /// Why the daemon did not start. [`StartError::exit_code`] maps it to the
 /// documented exit codes.
@@ -23,6 +29,8 @@ pub enum StartError {
     Tls(TlsError),
     /// users.txt is unreadable or malformed.
     Data(LoadError),
+    /// The session secret or the revocation journal is unusable.
+    Sessions(SessionFileError),
     /// Another process holds the data directory.
     Locked(LockError),
     /// The address could not be bound.
@@ -39,6 +47,7 @@ impl StartError {
         match self {
             StartError::Tls(_) => 2,
             StartError::Data(_)
+            | StartError::Sessions(_)
             | StartError::Locked(_)
             | StartError::Bind { .. }
             | StartError::Io(_) => 1,
@@ -51,6 +60,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Data(e) => write!(f, "cannot load users: {e}"),
+            StartError::Sessions(e) => write!(f, "cannot load session state: {e}"),
             StartError::Locked(e) => write!(f, "cannot use the data directory: {e}"),
             StartError::Bind { addr, err } => write!(f, "cannot listen on {addr}: {err}"),
             StartError::Io(e) => write!(f, "cannot start: {e}"),
@@ -104,15 +114,14 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         Some(identity) => Some(build_acceptor(identity).map_err(StartError::Tls)?),
         None => None,
     };
-    let users: Arc<dyn UserStore> =
-        Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
+    let storage = open_storage(config)?;
     warn_if_descriptors_short(config.max_connections);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = bind_listener(addr).map_err(|err| StartError::Bind { addr, err })?;
     if let Ok(bound) = listener.local_addr() {
         info!("listening on {bound}");
     }
-    let server = Server::new(listener, settings(config, tls), users).map_err(StartError::Io)?;
+    let server = Server::new(listener, settings(config, tls), storage).map_err(StartError::Io)?;
     let server = server.start().map_err(StartError::Io)?;
     let admin = match config.admin_bind {
         Some(addr) => Some(
@@ -127,6 +136,33 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         _lock: lock,
     })
 }
+
+/// Opens what the server keeps in the data directory: users.txt, the session
+/// secret (created on first start) and the revocation journal. The caller holds
+/// the data-directory lock.
+///
+/// # Errors
+/// A file that cannot be read, created or parsed.
+pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
+    let users: Arc<dyn UserStore> =
+        Arc::new(UsersFile::open(&config.users_file).map_err(StartError::Data)?);
+    let session_secret = load_or_create_secret(&config.data_dir.join(SESSION_SECRET_FILE))
+        .map_err(StartError::Sessions)?;
+    let revocations = Arc::new(
+        RevocationFile::open(&config.data_dir.join(REVOCATIONS_FILE))
+            .map_err(StartError::Sessions)?,
+    );
+    Ok(Storage {
+        users,
+        revocations,
+        session_secret,
+    })
+}
+
+/// The session-token signing secret, in the data directory.
+pub const SESSION_SECRET_FILE: &str = "session.key";
+/// The token revocation journal, in the data directory.
+pub const REVOCATIONS_FILE: &str = "revocations.txt";
 
 /// The server's settings from the configuration.
 pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
@@ -148,6 +184,24 @@ pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
         bcrypt_cost: config.bcrypt_cost,
         hash_concurrency: config.max_concurrent_hashes,
         tls,
+        sessions: SessionSettings {
+            token_ttl_secs: config.sessions.token_ttl.as_secs().max(1),
+            hold: HoldLimits {
+                grace: config.sessions.resume_grace,
+                max_frames: config.sessions.held_max_frames,
+                max_bytes: config.sessions.held_max_bytes,
+            },
+            guest_ttl: config
+                .sessions
+                .guests_enabled
+                .then_some(config.sessions.guest_ttl),
+        },
+        ice: IceSettings {
+            stun_servers: config.webrtc.stun_servers.clone(),
+            turn_servers: config.webrtc.turn_servers.clone(),
+            turn_secret: config.webrtc.turn_secret.clone(),
+            credential_ttl_secs: config.webrtc.turn_credential_ttl.as_secs().max(1),
+        },
     }
 }
 

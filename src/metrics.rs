@@ -82,6 +82,13 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     pub failed_logins: AtomicU64,
     pub calls_total: AtomicU64,
+    /// Logins by RESUME (no bcrypt).
+    pub resumes: AtomicU64,
+    /// RESUMEs refused (forged, expired or revoked token).
+    pub resumes_refused: AtomicU64,
+    /// Calls held for a resume after a connection dropped.
+    pub calls_held: AtomicU64,
+    pub guest_logins: AtomicU64,
     pub hash_wait: Histogram,
     pub relay_time: Histogram,
 }
@@ -98,6 +105,10 @@ impl Default for Metrics {
             slow_consumer_disconnects: AtomicU64::new(0),
             failed_logins: AtomicU64::new(0),
             calls_total: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resumes_refused: AtomicU64::new(0),
+            calls_held: AtomicU64::new(0),
+            guest_logins: AtomicU64::new(0),
             hash_wait: Histogram::default(),
             relay_time: Histogram::default(),
         }
@@ -245,6 +256,30 @@ impl Metrics {
             "switchboard_failed_logins_total",
             "LOGIN_REQUESTs that failed.",
             &self.failed_logins,
+        );
+        counter(
+            &mut out,
+            "switchboard_resumes_total",
+            "Logins by RESUME_REQUEST with a session token (no password hash).",
+            &self.resumes,
+        );
+        counter(
+            &mut out,
+            "switchboard_resumes_refused_total",
+            "RESUME_REQUESTs refused: forged, expired or revoked tokens.",
+            &self.resumes_refused,
+        );
+        counter(
+            &mut out,
+            "switchboard_calls_held_total",
+            "Calls held for a resume after a party's connection dropped.",
+            &self.calls_held,
+        );
+        counter(
+            &mut out,
+            "switchboard_guest_logins_total",
+            "Guest sessions created by GUEST_LOGIN_REQUEST.",
+            &self.guest_logins,
         );
         self.hash_wait.render(
             &mut out,

@@ -161,6 +161,12 @@ impl UserStore for PanickingStore {
     fn create(&self, username: &str, hash: &str, at: u64) -> Result<UserRecord, StoreError> {
         self.0.create(username, hash, at)
     }
+    fn set_password_hash_of(&self, id: UserId, hash: &str) -> Result<bool, StoreError> {
+        self.0.set_password_hash_of(id, hash)
+    }
+    fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.0.delete_user(id)
+    }
 }
 
 /// A panic in one connection's thread closes that connection only; calls in

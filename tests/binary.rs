@@ -105,7 +105,11 @@ fn invalid_configuration_exits_2_naming_the_key() {
 fn rust_log_overrides_the_configured_level() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("quiet.json");
-    fs::write(&config, r#"{"logging":{"log_level":"error"},"auth":{"bcrypt_cost":4},"webrtc":{"stun_servers":[]}}"#).unwrap();
+    fs::write(
+        &config,
+        r#"{"logging":{"log_level":"error"},"auth":{"bcrypt_cost":4},"switchboard_next":{"x":1}}"#,
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let args = [
         "--config",
@@ -124,7 +128,7 @@ fn rust_log_overrides_the_configured_level() {
     let stderr = loud.stop();
     assert!(stderr.contains("connection opened"), "{stderr}");
     assert!(
-        stderr.contains("unknown configuration key webrtc ignored"),
+        stderr.contains("unknown configuration key switchboard_next ignored"),
         "{stderr}"
     );
 }

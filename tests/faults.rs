@@ -99,6 +99,12 @@ impl UserStore for FullDisk {
         }
         Err(StoreError::Io(io::Error::from_raw_os_error(28)))
     }
+    fn set_password_hash_of(&self, _: UserId, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Io(io::Error::from_raw_os_error(28)))
+    }
+    fn delete_user(&self, _: UserId) -> Result<bool, StoreError> {
+        Err(StoreError::Io(io::Error::from_raw_os_error(28)))
+    }
 }
 
 /// When storage fails, registration answers 500 with the reason, nothing of it
@@ -129,6 +135,37 @@ fn a_failing_disk_fails_registration_with_500_and_logins_go_on() {
         401,
         "the failed account does not exist"
     );
+}
+
+/// On a full disk a password change or an account deletion answers ERROR 500
+/// and changes nothing: the old password and the account stay.
+#[test]
+fn a_failing_disk_fails_password_changes_and_deletions_with_500() {
+    let server = TestServer::start_with_store(|store| Arc::new(FullDisk(store)));
+    let mut c = server.client();
+    c.register("first", "pw");
+    c.login_ok("first", "pw");
+    c.send(
+        T::PasswordChangeRequest,
+        json!({"old_password_hash": "pw", "new_password_hash": "new"}),
+    );
+    let e = c.expect_error(500);
+    assert!(
+        e.str("message")
+            .contains("could not store the new password: No space left on device"),
+        "{}",
+        e.body
+    );
+    c.send(T::AccountDeleteRequest, json!({"password_hash": "pw"}));
+    let e = c.expect_error(500);
+    assert!(
+        e.str("message").contains("could not delete the account"),
+        "{}",
+        e.body
+    );
+    c.send(T::UserListRequest, json!({}));
+    c.expect(T::UserListResponse);
+    server.client().login_ok("first", "pw");
 }
 
 fn proc_count(pid: u32, what: &str) -> usize {

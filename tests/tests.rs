@@ -3,15 +3,19 @@
 
 mod support;
 
+mod accounts;
 mod bad_input;
 mod bench;
 mod binary;
 mod calls;
 mod cli;
 mod faults;
+mod guests;
+mod ice;
 mod limits;
 mod operations;
 mod persistence;
 mod protocol;
+mod resume;
 mod sessions;
 mod tls;

@@ -289,6 +289,81 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Checks a logged-in user's current secret, as a login would (same
+    /// back-off), answering a mismatch with "wrong password".
+    fn confirm(&self, username: &str, secret: &str, from: IpAddr) -> Result<UserRecord, AppError> {
+        self.verify(username, secret, from)
+            .map_err(|err| match err {
+                AppError::InvalidCredentials => AppError::Unauthorized("wrong password".into()),
+                other => other,
+            })
+    }
+
+    /// PASSWORD_CHANGE: checks the current secret, then stores the new one's
+    /// hash durably. Returns the updated record.
+    ///
+    /// # Errors
+    /// 400 for a malformed new secret, 401 for a wrong current one, 429 while
+    /// backing off, 500 if storage failed (the old password stays).
+    pub fn change_password(
+        &self,
+        username: &str,
+        old: &str,
+        new: &str,
+        from: IpAddr,
+    ) -> Result<UserRecord, AppError> {
+        validate_secret(new).map_err(|e| AppError::BadRequest(format!("new {e}")))?;
+        let user = self.confirm(username, old, from)?;
+        let hash = self.hasher.hash(new)?;
+        match self.users.set_password_hash_of(user.id, &hash) {
+            Ok(true) => Ok(UserRecord {
+                password_hash: hash,
+                ..user
+            }),
+            Ok(false) => Err(AppError::Unauthorized("the account was deleted".into())),
+            Err(err) => {
+                warn!("password change not stored user_id={}: {err}", user.id);
+                Err(AppError::Internal(format!(
+                    "could not store the new password: {}",
+                    store_cause(err)
+                )))
+            }
+        }
+    }
+
+    /// ACCOUNT_DELETE: checks the secret, then deletes the account durably.
+    ///
+    /// # Errors
+    /// 401 for a wrong secret, 429 while backing off, 500 if storage failed
+    /// (the account stays).
+    pub fn delete_account(
+        &self,
+        username: &str,
+        secret: &str,
+        from: IpAddr,
+    ) -> Result<UserRecord, AppError> {
+        let user = self.confirm(username, secret, from)?;
+        match self.users.delete_user(user.id) {
+            Ok(_) => Ok(user),
+            Err(err) => {
+                warn!("account deletion not stored user_id={}: {err}", user.id);
+                Err(AppError::Internal(format!(
+                    "could not delete the account: {}",
+                    store_cause(err)
+                )))
+            }
+        }
+    }
+}
+
+fn store_cause(err: StoreError) -> String {
+    match err {
+        StoreError::Io(err) => err.to_string(),
+        StoreError::Conflict => "conflicting change".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,8 @@ pub enum AppError {
     LoginRequired,
     /// 401: wrong username or password (never says which).
     InvalidCredentials,
+    /// 401: a session token or guest session that is not (or no longer) valid.
+    Unauthorized(String),
     /// 403: the requester may not do this.
     Forbidden(String),
     /// 404: the named user or call does not exist.
@@ -38,7 +40,9 @@ impl AppError {
     pub fn code(&self) -> u16 {
         match self {
             AppError::BadRequest(_) => 400,
-            AppError::LoginRequired | AppError::InvalidCredentials => 401,
+            AppError::LoginRequired | AppError::InvalidCredentials | AppError::Unauthorized(_) => {
+                401
+            }
             AppError::Forbidden(_) => 403,
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
@@ -57,6 +61,7 @@ impl fmt::Display for AppError {
             AppError::InvalidCredentials => f.write_str("invalid username or password"),
             AppError::RateLimited { message, .. } => f.write_str(message),
             AppError::BadRequest(m)
+            | AppError::Unauthorized(m)
             | AppError::Forbidden(m)
             | AppError::NotFound(m)
             | AppError::Conflict(m)

@@ -12,8 +12,16 @@
 //! its own connection thread. The price: a relay racing the end of its call (the
 //! peer hangs up, a takeover, shutdown) can reach the peer just after the
 //! HANGUP for that call; clients ignore signaling for a call they ended.
+//!
+//! Held calls: when the connection of a user who holds a session token drops
+//! during a call, the session is detached instead of ended. The call and the
+//! user's presence stay; what would be delivered to the user is kept in order
+//! in a bounded gap buffer; a RESUME within the grace period reattaches the
+//! session and delivers the gap. Past the grace period (or when the gap
+//! overflows) the session ends as any disconnect does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,20 +30,87 @@ use log::{debug, info};
 use super::error::AppError;
 use super::ports::{ConnId, Notice, Notifier, Party, SessionEnd, Signal, UserRecord, UserStore};
 use crate::domain::call::Answer;
-use crate::domain::{CallBook, CallId, EndReason, Ended, UserId, UserState};
+use crate::domain::user::username_key;
+use crate::domain::{CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, UserId, UserState};
 use crate::metrics::Metrics;
+
+/// What a session's client understands and how long the session may last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionKind {
+    /// The client said HELLO with protocol 2: it is told about its peer's
+    /// reconnects (PEER_STATUS).
+    pub v2: bool,
+    /// The client holds a session token: if its connection drops during a
+    /// call, the call is held for a RESUME.
+    pub resumable: bool,
+    /// A guest: the session ends at this time.
+    pub guest_until: Option<Instant>,
+}
+
+/// How long a detached session waits and how much it keeps meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldLimits {
+    /// Zero: calls are never held.
+    pub grace: Duration,
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+/// The hub's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubSettings {
+    pub ringing_timeout: Duration,
+    pub hold: HoldLimits,
+}
+
+/// What is kept for a detached session until it resumes.
+#[derive(Debug)]
+struct Gap {
+    until: Instant,
+    notices: Vec<Notice>,
+    bytes: usize,
+    /// More arrived than the limits allow: the session can no longer resume
+    /// with its call (it ends at once).
+    overflowed: bool,
+}
 
 #[derive(Debug)]
 struct Session {
     conn: ConnId,
     username: Arc<str>,
+    kind: SessionKind,
+    /// Set while the connection is gone and the call is held.
+    detached: Option<Gap>,
+}
+
+impl Session {
+    /// When the session ends on its own, if it does.
+    fn deadline(&self) -> Option<Instant> {
+        match &self.detached {
+            Some(gap) => Some(gap.until),
+            None => self.kind.guest_until,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct HubState {
     online: HashMap<UserId, Session>,
     calls: CallBook,
+    /// Session deadlines (guest expiry, end of a hold), for the timer.
+    deadlines: BTreeSet<(Instant, UserId)>,
     stopping: bool,
+}
+
+/// A rough size of a held notice, for the gap's byte limit.
+fn held_size(notice: &Notice) -> usize {
+    const OVERHEAD: usize = 160;
+    OVERHEAD
+        + match notice {
+            Notice::Signal(Signal::Offer { sdp, .. } | Signal::Answer { sdp, .. }) => sdp.len(),
+            Notice::Signal(Signal::Ice { candidate, .. }) => candidate.len(),
+            _ => 0,
+        }
 }
 
 impl HubState {
@@ -47,8 +122,62 @@ impl HubState {
         }
     }
 
+    /// The connection to deliver to; `None` when offline or detached.
     fn conn_of(&self, user: UserId) -> Option<ConnId> {
-        self.online.get(&user).map(|s| s.conn)
+        self.online
+            .get(&user)
+            .filter(|s| s.detached.is_none())
+            .map(|s| s.conn)
+    }
+
+    /// Delivers `notice` to `user` through `out`, or keeps it in the user's gap
+    /// while detached. An overflowing gap ends the hold at once (the timer
+    /// removes the session).
+    fn tell(&mut self, user: UserId, notice: Notice, out: &mut Outgoing, hold: &HoldLimits) {
+        let Some(session) = self.online.get_mut(&user) else {
+            return;
+        };
+        let Some(gap) = &mut session.detached else {
+            out.direct.push((session.conn, notice));
+            return;
+        };
+        if gap.overflowed {
+            return;
+        }
+        let size = held_size(&notice);
+        if gap.notices.len() >= hold.max_frames || gap.bytes + size > hold.max_bytes {
+            info!(
+                "held session overflowed user_id={user} frames={} bytes={}",
+                gap.notices.len(),
+                gap.bytes
+            );
+            gap.overflowed = true;
+            gap.notices.clear();
+            let now = Instant::now();
+            self.deadlines.remove(&(gap.until, user));
+            gap.until = now;
+            self.deadlines.insert((now, user));
+            out.wake_timer = true;
+            return;
+        }
+        gap.bytes += size;
+        gap.notices.push(notice);
+    }
+
+    /// Removes a session and its deadline; returns it.
+    fn take_session(&mut self, user: UserId) -> Option<Session> {
+        let session = self.online.remove(&user)?;
+        if let Some(deadline) = session.deadline() {
+            self.deadlines.remove(&(deadline, user));
+        }
+        Some(session)
+    }
+
+    fn insert_session(&mut self, user: UserId, session: Session) {
+        if let Some(deadline) = session.deadline() {
+            self.deadlines.insert((deadline, user));
+        }
+        self.online.insert(user, session);
     }
 
     fn party(&self, user: UserId) -> Party {
@@ -63,7 +192,7 @@ impl HubState {
     /// session was taken over must not act for the user any more.
     fn check_session(&self, conn: ConnId, user: UserId) -> Result<(), AppError> {
         match self.online.get(&user) {
-            Some(s) if s.conn == conn => Ok(()),
+            Some(s) if s.conn == conn && s.detached.is_none() => Ok(()),
             _ => Err(AppError::LoginRequired),
         }
     }
@@ -79,6 +208,8 @@ struct Outgoing {
     end: Vec<(ConnId, SessionEnd)>,
     /// Every online connection, captured with the state, for the broadcasts.
     audience: Vec<(UserId, ConnId)>,
+    /// A deadline moved earlier: the timer must look again.
+    wake_timer: bool,
 }
 
 /// Presence of the users a change may touch, taken before the change; compared
@@ -102,6 +233,18 @@ pub struct HubStats {
     pub online: usize,
     pub calls: usize,
     pub ringing: usize,
+    /// Sessions whose connection dropped and whose call is held.
+    pub held: usize,
+    pub guests: usize,
+}
+
+/// What a RESUME found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// A new session (nothing was held).
+    Fresh,
+    /// The user's call goes on, on this connection.
+    Call(CallId),
 }
 
 pub struct Hub {
@@ -112,6 +255,9 @@ pub struct Hub {
     notifier: Arc<dyn Notifier>,
     users: Arc<dyn UserStore>,
     ringing_timeout: Duration,
+    hold: HoldLimits,
+    /// The next guest id.
+    next_guest: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -125,7 +271,7 @@ impl Hub {
     pub fn new(
         notifier: Arc<dyn Notifier>,
         users: Arc<dyn UserStore>,
-        ringing_timeout: Duration,
+        settings: HubSettings,
         metrics: Arc<Metrics>,
     ) -> Hub {
         let first_call_id = SystemTime::now()
@@ -136,13 +282,18 @@ impl Hub {
             state: Mutex::new(HubState {
                 online: HashMap::new(),
                 calls: CallBook::new(first_call_id),
+                deadlines: BTreeSet::new(),
                 stopping: false,
             }),
             timer_wake: Condvar::new(),
             delivery_order: Mutex::new(()),
             notifier,
             users,
-            ringing_timeout,
+            ringing_timeout: settings.ringing_timeout,
+            hold: settings.hold,
+            // Starting from the clock keeps ids of a restarted daemon's guests
+            // apart from the last run's.
+            next_guest: AtomicU64::new(GUEST_ID_BASE + first_call_id),
             metrics,
         }
     }
@@ -157,6 +308,12 @@ impl Hub {
             online: state.online.len(),
             calls: state.calls.len(),
             ringing: state.calls.ringing(),
+            held: state
+                .online
+                .values()
+                .filter(|s| s.detached.is_some())
+                .count(),
+            guests: state.online.keys().filter(|u| u.is_guest()).count(),
         }
     }
 
@@ -164,12 +321,15 @@ impl Hub {
     /// (its connection is told and closed, its call ends).
     ///
     /// # Errors
-    /// `Unavailable` while the server is shutting down.
-    pub fn login(&self, conn: ConnId, user: &UserRecord) -> Result<(), AppError> {
-        let mut state = lock(&self.state);
-        if state.stopping {
-            return Err(AppError::Unavailable("server shutting down".into()));
-        }
+    /// `Unavailable` while the server is shutting down; `Unauthorized` if the
+    /// account was deleted since the credentials were checked.
+    pub fn login(
+        &self,
+        conn: ConnId,
+        user: &UserRecord,
+        kind: SessionKind,
+    ) -> Result<(), AppError> {
+        let mut state = self.lock_for_login(user.id)?;
         let username: Arc<str> = Arc::from(user.username.as_str());
         let mut out = Outgoing::default();
         let mut touched = vec![(user.id, username.clone())];
@@ -184,12 +344,138 @@ impl Hub {
                 user.id, user.username, old, conn
             );
             self.end_call_of(&mut state, user.id, &mut out);
-            state.online.remove(&user.id);
+            state.take_session(user.id);
             out.end.push((old, SessionEnd::TakenOver));
         }
-        state.online.insert(user.id, Session { conn, username });
+        state.insert_session(
+            user.id,
+            Session {
+                conn,
+                username,
+                kind,
+                detached: None,
+            },
+        );
         self.commit(state, before, out);
         Ok(())
+    }
+
+    /// GUEST_LOGIN: a new guest identity, online on `conn` until `until`.
+    /// Returns the guest's record (id and shown name; no password).
+    ///
+    /// # Errors
+    /// `Unavailable` while the server is shutting down.
+    pub fn guest_login(
+        &self,
+        conn: ConnId,
+        name: String,
+        until: Instant,
+        v2: bool,
+    ) -> Result<UserRecord, AppError> {
+        let id = UserId(self.next_guest.fetch_add(1, Ordering::Relaxed));
+        let guest = UserRecord {
+            id,
+            username: name,
+            password_hash: String::new(),
+            created_at: 0,
+        };
+        let kind = SessionKind {
+            v2,
+            resumable: false,
+            guest_until: Some(until),
+        };
+        self.login(conn, &guest, kind)?;
+        self.timer_wake.notify_one();
+        Metrics::count(&self.metrics.guest_logins);
+        Ok(guest)
+    }
+
+    /// The state lock for a login of `user`: refused while stopping, and for a
+    /// registered user only while the account exists. Checked under the lock so
+    /// that a deletion (storage first, then [`Hub::end_user`]) cannot miss a
+    /// login racing it.
+    fn lock_for_login(&self, user: UserId) -> Result<MutexGuard<'_, HubState>, AppError> {
+        let state = lock(&self.state);
+        if state.stopping {
+            return Err(AppError::Unavailable("server shutting down".into()));
+        }
+        if !user.is_guest() && self.users.find_by_id(user).is_none() {
+            return Err(AppError::Unauthorized("the account was deleted".into()));
+        }
+        Ok(state)
+    }
+
+    /// RESUME: like [`Hub::login`], but a held call goes on. If the session is
+    /// detached it is reattached and what was held is delivered first, in
+    /// order; if it is still attached to another connection (which the client
+    /// gave up on before the server noticed), that connection is closed and
+    /// the call moves here.
+    ///
+    /// # Errors
+    /// As [`Hub::login`].
+    pub fn resume(
+        &self,
+        conn: ConnId,
+        user: &UserRecord,
+        kind: SessionKind,
+    ) -> Result<Resumed, AppError> {
+        let mut state = self.lock_for_login(user.id)?;
+        let overflowed = state
+            .online
+            .get(&user.id)
+            .and_then(|s| s.detached.as_ref())
+            .is_some_and(|gap| gap.overflowed);
+        let Some(call) = state.calls.call_of(user.id).copied() else {
+            drop(state);
+            return self.login(conn, user, kind).map(|()| Resumed::Fresh);
+        };
+        if overflowed || !state.online.contains_key(&user.id) {
+            drop(state);
+            return self.login(conn, user, kind).map(|()| Resumed::Fresh);
+        }
+        let mut out = Outgoing::default();
+        let Some(session) = state.online.get_mut(&user.id) else {
+            unreachable!("checked above");
+        };
+        let old_conn = std::mem::replace(&mut session.conn, conn);
+        session.kind = kind;
+        let held = session.detached.take();
+        let peer = call.peer_of(user.id);
+        match held {
+            Some(gap) => {
+                state.deadlines.remove(&(gap.until, user.id));
+                info!(
+                    "session resumed user_id={} conn={} call_id={} held_frames={}",
+                    user.id,
+                    conn,
+                    call.id,
+                    gap.notices.len()
+                );
+                // Delivered under the state lock: relays from the peer, which
+                // skip the delivery lock, must not overtake what was held.
+                for notice in gap.notices {
+                    self.notifier.notify(conn, notice);
+                }
+                let reconnected = Notice::PeerStatus {
+                    call_id: call.id,
+                    peer: state.party(user.id),
+                    reconnecting: false,
+                    grace_ms: 0,
+                };
+                if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
+                    state.tell(peer, reconnected, &mut out, &self.hold);
+                }
+            }
+            None => {
+                info!(
+                    "session resumed over a live connection user_id={} old_conn={} new_conn={} call_id={}",
+                    user.id, old_conn, conn, call.id
+                );
+                out.end.push((old_conn, SessionEnd::TakenOver));
+            }
+        }
+        self.commit(state, Before(Vec::new()), out);
+        Ok(Resumed::Call(call.id))
     }
 
     /// Ends `user`'s session on `conn` (LOGOUT). Their call ends.
@@ -203,25 +489,90 @@ impl Hub {
         Ok(())
     }
 
-    /// Clean-up when a connection closes. A no-op if `conn` no longer holds the
-    /// session (it was taken over, or the user logged out).
-    pub fn disconnect(&self, conn: ConnId, user: UserId) {
-        let state = lock(&self.state);
-        if state.check_session(conn, user).is_ok() {
-            self.remove_session(state, user);
+    /// Ends whatever session `user` has (account deleted, guest expired); its
+    /// connection, unless it is `except`, is told why and closed.
+    pub fn end_user(&self, user: UserId, why: SessionEnd, except: Option<ConnId>) {
+        let mut state = lock(&self.state);
+        let Some(session) = state.online.get(&user) else {
+            return;
+        };
+        let conn = session.conn;
+        let attached = session.detached.is_none();
+        let mut out = Outgoing::default();
+        if attached && Some(conn) != except {
+            out.end.push((conn, why));
         }
+        let before = self.before_leaving(&state, user);
+        self.end_call_of(&mut state, user, &mut out);
+        state.take_session(user);
+        self.commit(state, before, out);
     }
 
-    fn remove_session(&self, mut state: MutexGuard<'_, HubState>, user: UserId) {
+    /// Clean-up when a connection closes. A no-op if `conn` no longer holds the
+    /// session (it was taken over, or the user logged out). A resumable session
+    /// in a call is held for the grace period instead of ended.
+    pub fn disconnect(&self, conn: ConnId, user: UserId) {
+        let mut state = lock(&self.state);
+        if state.check_session(conn, user).is_err() {
+            return;
+        }
+        let held_call = state
+            .calls
+            .call_of(user)
+            .copied()
+            .filter(|_| !state.stopping && !self.hold.grace.is_zero());
+        let resumable = state.online.get(&user).is_some_and(|s| s.kind.resumable);
+        let (Some(call), true) = (held_call, resumable) else {
+            self.remove_session(state, user);
+            return;
+        };
+        let until = Instant::now() + self.hold.grace;
+        if let Some(session) = state.online.get_mut(&user) {
+            session.detached = Some(Gap {
+                until,
+                notices: Vec::new(),
+                bytes: 0,
+                overflowed: false,
+            });
+        }
+        state.deadlines.insert((until, user));
+        self.timer_wake.notify_one();
+        Metrics::count(&self.metrics.calls_held);
+        info!(
+            "call held for a resume user_id={} call_id={} grace_ms={}",
+            user,
+            call.id,
+            self.hold.grace.as_millis()
+        );
+        let peer = call.peer_of(user);
+        let mut out = Outgoing::default();
+        if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
+            let notice = Notice::PeerStatus {
+                call_id: call.id,
+                peer: state.party(user),
+                reconnecting: true,
+                grace_ms: self.hold.grace.as_millis() as u64,
+            };
+            state.tell(peer, notice, &mut out, &self.hold);
+        }
+        self.commit(state, Before(Vec::new()), out);
+    }
+
+    /// The presence of `user` and their peer, before `user` leaves.
+    fn before_leaving(&self, state: &HubState, user: UserId) -> Before {
         let mut touched = vec![(user, state.party(user).username)];
         if let Some(call) = state.calls.call_of(user) {
             let peer = call.peer_of(user);
             touched.push((peer, state.party(peer).username));
         }
-        let before = Before::take(&state, &touched);
+        Before::take(state, &touched)
+    }
+
+    fn remove_session(&self, mut state: MutexGuard<'_, HubState>, user: UserId) {
+        let before = self.before_leaving(&state, user);
         let mut out = Outgoing::default();
         self.end_call_of(&mut state, user, &mut out);
-        state.online.remove(&user);
+        state.take_session(user);
         self.commit(state, before, out);
     }
 
@@ -247,21 +598,20 @@ impl Hub {
                 AppError::NotFound("no such user".into())
             });
         }
-        let touched = [(caller, state.party(caller).username)];
+        let touched = [
+            (caller, state.party(caller).username),
+            (callee, state.party(callee).username),
+        ];
         let before = Before::take(&state, &touched);
         let call = state
             .calls
             .ring(caller, callee, Instant::now() + self.ringing_timeout)?;
         let mut out = Outgoing::default();
-        if let Some(to) = state.conn_of(callee) {
-            out.direct.push((
-                to,
-                Notice::IncomingCall {
-                    call_id: call.id,
-                    from: state.party(caller),
-                },
-            ));
-        }
+        let ring = Notice::IncomingCall {
+            call_id: call.id,
+            from: state.party(caller),
+        };
+        state.tell(callee, ring, &mut out, &self.hold);
         Metrics::count(&self.metrics.calls_total);
         info!(
             "call ringing call_id={} caller={} callee={}",
@@ -300,13 +650,11 @@ impl Hub {
                     "call accepted call_id={} caller={} callee={}",
                     call.id, call.caller, call.callee
                 );
-                if let Some(to) = state.conn_of(call.caller) {
-                    let peer = state.party(call.callee);
-                    out.direct
-                        .push((to, Notice::CallAccepted { call_id, peer }));
-                }
+                let peer = state.party(call.callee);
+                let accepted = Notice::CallAccepted { call_id, peer };
+                state.tell(call.caller, accepted, &mut out, &self.hold);
             }
-            Answer::Declined(ended) => self.ended_notices(&state, &ended, &mut out),
+            Answer::Declined(ended) => self.ended_notices(&mut state, &ended, &mut out),
         }
         self.commit(state, before, out);
         Ok(())
@@ -326,23 +674,25 @@ impl Hub {
         named_peer: Option<UserId>,
         signal: impl FnOnce(UserId) -> Signal,
     ) -> Result<(), AppError> {
-        let (peer, peer_conn) = {
-            let state = lock(&self.state);
-            state.check_session(conn, user)?;
-            let peer = state.calls.relay_peer(call_id, user)?;
-            if named_peer.is_some_and(|named| named != peer) {
-                return Err(AppError::Forbidden(
-                    "to_user_id is not your peer in this call".into(),
-                ));
-            }
-            // Leaving ends the call, so the peer of an active call is online.
-            let peer_conn = state
-                .conn_of(peer)
-                .ok_or_else(|| AppError::NotFound("peer is offline".into()))?;
-            (peer, peer_conn)
-        };
-        self.notifier
-            .notify(peer_conn, Notice::Signal(signal(peer)));
+        let mut state = lock(&self.state);
+        state.check_session(conn, user)?;
+        let peer = state.calls.relay_peer(call_id, user)?;
+        if named_peer.is_some_and(|named| named != peer) {
+            return Err(AppError::Forbidden(
+                "to_user_id is not your peer in this call".into(),
+            ));
+        }
+        // Leaving ends the call, so the peer of an active call is online,
+        // attached or held.
+        if let Some(peer_conn) = state.conn_of(peer) {
+            drop(state);
+            self.notifier
+                .notify(peer_conn, Notice::Signal(signal(peer)));
+            return Ok(());
+        }
+        let mut out = Outgoing::default();
+        state.tell(peer, Notice::Signal(signal(peer)), &mut out, &self.hold);
+        self.commit(state, Before(Vec::new()), out);
         Ok(())
     }
 
@@ -370,61 +720,108 @@ impl Hub {
         let before = Before::take(&state, &touched);
         let ended = state.calls.hang_up(call_id, user)?;
         let mut out = Outgoing::default();
-        self.ended_notices(&state, &ended, &mut out);
+        self.ended_notices(&mut state, &ended, &mut out);
         self.commit(state, before, out);
         Ok(())
     }
 
-    /// Every registered user with their presence, in id order.
+    /// Every registered user with their presence, then the guests online, in id order.
     pub fn user_list(&self) -> Vec<(UserId, String, UserState)> {
         let users = self.users.list();
         let state = lock(&self.state);
+        let mut guests: Vec<_> = state
+            .online
+            .iter()
+            .filter(|(id, _)| id.is_guest())
+            .map(|(id, s)| (*id, s.username.to_string(), state.presence(*id)))
+            .collect();
+        guests.sort_unstable_by_key(|g| g.0);
         users
             .into_iter()
             .map(|(id, name)| {
                 let presence = state.presence(id);
                 (id, name, presence)
             })
+            .chain(guests)
             .collect()
     }
 
-    /// Ends every ringing call whose deadline has passed at `now`.
+    /// Whether a guest with this display name (its guest name) may be created:
+    /// no registered user has the display name.
+    pub fn guest_name_free(&self, display_name: &str) -> bool {
+        self.users
+            .find_by_name(&username_key(display_name))
+            .is_none()
+    }
+
+    /// Ends every ringing call whose deadline has passed at `now`, every held
+    /// session whose grace period is over, and every expired guest.
     pub fn expire_due(&self, now: Instant) {
         let mut state = lock(&self.state);
         let due: Vec<_> = state.calls.expire(now).into_iter().collect();
-        if due.is_empty() {
-            return;
-        }
-        // The calls are already gone, so "before" is rebuilt from what they were.
-        let before = Before(
-            due.iter()
-                .map(|e| {
-                    (
-                        e.call.caller,
-                        state.party(e.call.caller).username,
-                        UserState::Busy,
-                    )
-                })
-                .collect(),
-        );
-        let mut out = Outgoing::default();
-        for ended in &due {
-            info!(
-                "call timed out call_id={} caller={} callee={}",
-                ended.call.id, ended.call.caller, ended.call.callee
+        if !due.is_empty() {
+            // The calls are already gone, so "before" is rebuilt from what they were.
+            let before = Before(
+                due.iter()
+                    .map(|e| {
+                        (
+                            e.call.caller,
+                            state.party(e.call.caller).username,
+                            UserState::Busy,
+                        )
+                    })
+                    .collect(),
             );
-            self.ended_notices(&state, ended, &mut out);
+            let mut out = Outgoing::default();
+            for ended in &due {
+                info!(
+                    "call timed out call_id={} caller={} callee={}",
+                    ended.call.id, ended.call.caller, ended.call.callee
+                );
+                self.ended_notices(&mut state, ended, &mut out);
+            }
+            self.commit(state, before, out);
+            state = lock(&self.state);
         }
-        self.commit(state, before, out);
+        while let Some(&(deadline, user)) = state.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            state.deadlines.remove(&(deadline, user));
+            let Some(session) = state.online.get(&user) else {
+                continue;
+            };
+            let mut out = Outgoing::default();
+            if session.detached.is_some() {
+                info!("held session not resumed in time user_id={user}; ending its call");
+            } else {
+                info!(
+                    "guest session expired user_id={user} username={}",
+                    session.username
+                );
+                out.end.push((session.conn, SessionEnd::GuestExpired));
+            }
+            let before = self.before_leaving(&state, user);
+            self.end_call_of(&mut state, user, &mut out);
+            state.take_session(user);
+            self.commit(state, before, out);
+            state = lock(&self.state);
+        }
     }
 
-    /// Runs the ringing timer until [`Hub::stop`]: sleeps until the earliest
-    /// deadline (or until a new call wakes it) and expires what is due.
-    pub fn run_ringing_timer(&self) {
+    /// Runs the timer until [`Hub::stop`]: sleeps until the earliest deadline
+    /// (a ringing call, a held session, a guest's expiry), or until a new one
+    /// wakes it, and expires what is due.
+    pub fn run_timer(&self) {
         let mut state = lock(&self.state);
         while !state.stopping {
             let now = Instant::now();
-            match state.calls.next_deadline() {
+            let sessions = state.deadlines.first().map(|(at, _)| *at);
+            let next = match (state.calls.next_deadline(), sessions) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match next {
                 Some(deadline) if deadline <= now => {
                     drop(state);
                     self.expire_due(now);
@@ -461,7 +858,17 @@ impl Hub {
         let before = Before::take(&state, &touched);
         let mut out = Outgoing::default();
         for ended in state.calls.end_all() {
-            self.ended_notices(&state, &ended, &mut out);
+            self.ended_notices(&mut state, &ended, &mut out);
+        }
+        // Held sessions have no connection left to drain: they end now.
+        let held: Vec<UserId> = state
+            .online
+            .iter()
+            .filter(|(_, s)| s.detached.is_some())
+            .map(|(u, _)| *u)
+            .collect();
+        for user in held {
+            state.take_session(user);
         }
         self.commit(state, before, out);
     }
@@ -477,20 +884,20 @@ impl Hub {
     }
 
     /// What each party of an ended call is told.
-    fn ended_notices(&self, state: &HubState, ended: &Ended, out: &mut Outgoing) {
+    fn ended_notices(&self, state: &mut HubState, ended: &Ended, out: &mut Outgoing) {
         let call = ended.call;
         let hung_up = Notice::HungUp { call_id: call.id };
-        let tell = |out: &mut Outgoing, user: UserId, notice: Notice| {
-            if let Some(conn) = state.conn_of(user) {
-                out.direct.push((conn, notice));
-            }
+        let hold = self.hold;
+        let callee = state.party(call.callee);
+        let mut tell = |out: &mut Outgoing, user: UserId, notice: Notice| {
+            state.tell(user, notice, out, &hold);
         };
         match ended.reason {
             EndReason::Declined | EndReason::Timeout => {
                 let timed_out = ended.reason == EndReason::Timeout;
                 let declined = Notice::CallDeclined {
                     call_id: call.id,
-                    peer: state.party(call.callee),
+                    peer: callee,
                     timed_out,
                 };
                 tell(out, call.caller, declined);
@@ -520,7 +927,15 @@ impl Hub {
             }
         }
         if !out.presence.is_empty() {
-            out.audience = state.online.iter().map(|(u, s)| (*u, s.conn)).collect();
+            out.audience = state
+                .online
+                .iter()
+                .filter(|(_, s)| s.detached.is_none())
+                .map(|(u, s)| (*u, s.conn))
+                .collect();
+        }
+        if out.wake_timer {
+            self.timer_wake.notify_one();
         }
         let order = lock(&self.delivery_order);
         drop(state);

@@ -7,11 +7,16 @@
 pub mod auth;
 pub mod error;
 pub mod hub;
+pub mod ice;
 pub mod ports;
+pub mod tokens;
 
 pub use auth::{Authenticator, PasswordHasher};
 pub use error::AppError;
 pub use hub::{Hub, HubStats};
+pub use ice::{IceServer, IceServers, IceSettings};
 pub use ports::{
-    ConnId, Notice, Notifier, Party, SessionEnd, Signal, StoreError, UserRecord, UserStore,
+    ConnId, Notice, Notifier, Party, SessionEnd, SessionStore, Signal, StoreError, UserRecord,
+    UserStore,
 };
+pub use tokens::{Issued, SessionTokens};

@@ -53,6 +53,29 @@ pub trait UserStore: Send + Sync {
         password_hash: &str,
         created_at: u64,
     ) -> Result<UserRecord, StoreError>;
+    /// Replaces a user's password hash; returns once the change is durable.
+    /// `Ok(false)` if there is no such user.
+    ///
+    /// # Errors
+    /// `Io` if it could not be made durable (the old hash stays).
+    fn set_password_hash_of(&self, id: UserId, password_hash: &str) -> Result<bool, StoreError>;
+    /// Deletes a user; returns once the deletion is durable. Their id is never
+    /// given out again. `Ok(false)` if there is no such user.
+    ///
+    /// # Errors
+    /// `Io` if it could not be made durable (the user stays).
+    fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
+}
+
+/// Revocation of session tokens: each user has a generation, written into
+/// every token issued to them; raising it revokes all of those tokens at once.
+pub trait SessionStore: Send + Sync {
+    fn generation(&self, user: UserId) -> u64;
+    /// Raises `user`'s generation and returns the new one, once it is durable.
+    ///
+    /// # Errors
+    /// It could not be made durable (the tokens stay valid).
+    fn revoke_all(&self, user: UserId) -> io::Result<u64>;
 }
 
 /// Identifies one client connection for delivery. Unique for the process's life.
@@ -115,6 +138,10 @@ pub enum SessionEnd {
     TakenOver,
     /// The daemon is stopping.
     ShuttingDown,
+    /// A guest's time is up.
+    GuestExpired,
+    /// The account was deleted.
+    AccountDeleted,
 }
 
 /// Something a connection is told without having asked for it.
@@ -142,6 +169,14 @@ pub enum Notice {
         call_id: CallId,
     },
     Signal(Signal),
+    /// The other party of a call lost its connection and may resume
+    /// (`reconnecting`), or has resumed. Only for clients that said HELLO.
+    PeerStatus {
+        call_id: CallId,
+        peer: Party,
+        reconnecting: bool,
+        grace_ms: u64,
+    },
     SessionEnded(SessionEnd),
 }
 

@@ -68,6 +68,53 @@ pub struct Config {
     /// The admin HTTP listener (/healthz, /metrics); off when `None`.
     pub admin_bind: Option<SocketAddr>,
     pub limits: LimitsConfig,
+    pub sessions: SessionsConfig,
+    pub webrtc: WebrtcConfig,
+}
+
+/// `sessions.*` and `guests.*`: protocol 2 session tokens, held calls, guests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    pub token_ttl: Duration,
+    /// Zero: a dropped connection ends its call at once, as in v1.
+    pub resume_grace: Duration,
+    pub held_max_frames: usize,
+    pub held_max_bytes: usize,
+    pub guests_enabled: bool,
+    pub guest_ttl: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> SessionsConfig {
+        SessionsConfig {
+            token_ttl: Duration::from_secs(24 * 3600),
+            resume_grace: Duration::from_secs(15),
+            held_max_frames: 256,
+            held_max_bytes: 256 * 1024,
+            guests_enabled: true,
+            guest_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `webrtc.*`: the STUN and TURN servers handed to clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebrtcConfig {
+    pub stun_servers: Vec<String>,
+    pub turn_servers: Vec<String>,
+    pub turn_secret: Option<String>,
+    pub turn_credential_ttl: Duration,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> WebrtcConfig {
+        WebrtcConfig {
+            stun_servers: Vec::new(),
+            turn_servers: Vec::new(),
+            turn_secret: None,
+            turn_credential_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// The `limits.*` keys: what one client, or one address, may do.
@@ -122,6 +169,8 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             admin_bind: None,
             limits: LimitsConfig::default(),
+            sessions: SessionsConfig::default(),
+            webrtc: WebrtcConfig::default(),
         }
     }
 }
@@ -154,6 +203,34 @@ struct File {
     logging: LoggingSection,
     admin: AdminSection,
     limits: LimitsSection,
+    sessions: SessionsSection,
+    guests: GuestsSection,
+    webrtc: WebrtcSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SessionsSection {
+    token_ttl_secs: Option<f64>,
+    resume_grace_secs: Option<f64>,
+    held_max_frames: Option<usize>,
+    held_max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GuestsSection {
+    enabled: Option<bool>,
+    ttl_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WebrtcSection {
+    stun_servers: Option<Vec<String>>,
+    turn_servers: Option<Vec<String>>,
+    turn_secret: Option<String>,
+    turn_credential_ttl_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +389,41 @@ impl Config {
             format!(
                 "admin.bind_address = {}",
                 self.admin_bind.map(|a| a.to_string()).unwrap_or_default()
+            ),
+            format!(
+                "sessions.token_ttl_secs = {}",
+                secs(self.sessions.token_ttl)
+            ),
+            format!(
+                "sessions.resume_grace_secs = {}",
+                secs(self.sessions.resume_grace)
+            ),
+            format!(
+                "sessions.held_max_frames = {}",
+                self.sessions.held_max_frames
+            ),
+            format!("sessions.held_max_bytes = {}", self.sessions.held_max_bytes),
+            format!("guests.enabled = {}", self.sessions.guests_enabled),
+            format!("guests.ttl_secs = {}", secs(self.sessions.guest_ttl)),
+            format!(
+                "webrtc.stun_servers = {}",
+                self.webrtc.stun_servers.join(",")
+            ),
+            format!(
+                "webrtc.turn_servers = {}",
+                self.webrtc.turn_servers.join(",")
+            ),
+            format!(
+                "webrtc.turn_secret = {}",
+                if self.webrtc.turn_secret.is_some() {
+                    "***"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "webrtc.turn_credential_ttl_secs = {}",
+                secs(self.webrtc.turn_credential_ttl)
             ),
         ];
         lines.join("\n")
@@ -555,6 +667,102 @@ fn resolve(
         drain_timeout,
         admin_bind,
         limits: resolve_limits(file.limits)?,
+        sessions: resolve_sessions(file.sessions, file.guests)?,
+        webrtc: resolve_webrtc(file.webrtc, &env)?,
+    })
+}
+
+fn resolve_sessions(s: SessionsSection, g: GuestsSection) -> Result<SessionsConfig, ConfigError> {
+    let d = SessionsConfig::default();
+    let resume_grace = match s.resume_grace_secs {
+        None => d.resume_grace,
+        Some(v) if (0.0..=3600.0).contains(&v) => Duration::from_secs_f64(v),
+        Some(v) => {
+            return Err(ConfigError::at(
+                "sessions.resume_grace_secs",
+                format!("must be between 0 (calls are not held) and 3600 seconds (got {v})"),
+            ));
+        }
+    };
+    Ok(SessionsConfig {
+        token_ttl: seconds(
+            "sessions.token_ttl_secs",
+            s.token_ttl_secs,
+            d.token_ttl,
+            365.0 * 86400.0,
+        )?,
+        resume_grace,
+        held_max_frames: at_least_one(
+            "sessions.held_max_frames",
+            s.held_max_frames,
+            d.held_max_frames,
+        )?,
+        held_max_bytes: match s.held_max_bytes {
+            None => d.held_max_bytes,
+            Some(n) if n >= 1024 => n,
+            Some(n) => {
+                return Err(ConfigError::at(
+                    "sessions.held_max_bytes",
+                    format!("must be at least 1024 (got {n})"),
+                ));
+            }
+        },
+        guests_enabled: g.enabled.unwrap_or(d.guests_enabled),
+        guest_ttl: seconds("guests.ttl_secs", g.ttl_secs, d.guest_ttl, 7.0 * 86400.0)?,
+    })
+}
+
+/// The environment variable that overrides `webrtc.turn_secret`.
+pub const TURN_SECRET_ENV: &str = "SWITCHBOARD_TURN_SECRET";
+
+fn resolve_webrtc(
+    w: WebrtcSection,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<WebrtcConfig, ConfigError> {
+    let d = WebrtcConfig::default();
+    let urls = |key: &str, list: Option<Vec<String>>, schemes: &[&str]| {
+        let list = list.unwrap_or_default();
+        for url in &list {
+            let scheme_ok = schemes.iter().any(|s| {
+                url.strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            });
+            if !scheme_ok || url.len() > 512 || url.contains(char::is_whitespace) {
+                return Err(ConfigError::at(
+                    key,
+                    format!(
+                        "{url:?} is not a {} URL (such as {}:host:3478)",
+                        schemes.join("/"),
+                        schemes[0]
+                    ),
+                ));
+            }
+        }
+        Ok(list)
+    };
+    let stun_servers = urls("webrtc.stun_servers", w.stun_servers, &["stun", "stuns"])?;
+    let turn_servers = urls("webrtc.turn_servers", w.turn_servers, &["turn", "turns"])?;
+    let turn_secret = env(TURN_SECRET_ENV)
+        .or(w.turn_secret)
+        .filter(|s| !s.is_empty());
+    if !turn_servers.is_empty() && turn_secret.is_none() {
+        return Err(ConfigError::at(
+            "webrtc.turn_secret",
+            format!(
+                "webrtc.turn_servers are set but no shared secret is (set webrtc.turn_secret or {TURN_SECRET_ENV}, the static-auth-secret of the TURN server)"
+            ),
+        ));
+    }
+    Ok(WebrtcConfig {
+        stun_servers,
+        turn_servers,
+        turn_secret,
+        turn_credential_ttl: seconds(
+            "webrtc.turn_credential_ttl_secs",
+            w.turn_credential_ttl_secs,
+            d.turn_credential_ttl,
+            30.0 * 86400.0,
+        )?,
     })
 }
 
@@ -662,7 +870,7 @@ mod tests {
     fn reference_keys_are_read_and_flags_win() {
         let json = r#"{"server":{"bind_address":"0.0.0.0","port":9443,"max_connections":50,"enable_tls":true,
             "pkcs12_path":"certs/server.p12","pkcs12_password":"pw"},"logging":{"log_level":"debug"},
-            "webrtc":{"stun_servers":["stun:x"]}}"#;
+            "webrtc":{"stun_servers":["stun:x"],"ice_policy":"all"}}"#;
         let cli = Overrides {
             port: Some(0),
             data_dir: Some("/tmp/d".into()),
@@ -683,10 +891,96 @@ mod tests {
         );
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert_eq!(c.users_file, PathBuf::from("/tmp/d/users.txt"));
+        assert_eq!(c.webrtc.stun_servers, vec!["stun:x".to_string()]);
         assert_eq!(
             loaded.warnings,
-            vec!["unknown configuration key webrtc ignored"]
+            vec!["unknown configuration key webrtc.ice_policy ignored"]
         );
+    }
+
+    /// CONFIG.md's complete example is a valid configuration with no unknown
+    /// key: the documented keys are the real ones.
+    #[test]
+    fn the_documented_complete_example_loads() {
+        let doc = include_str!("../../CONFIG.md");
+        let start = doc.find("## Complete example").unwrap();
+        let body = &doc[start..];
+        let json_start = body.find("```json\n").unwrap() + 8;
+        let json_len = body[json_start..].find("```").unwrap();
+        let json = &body[json_start..json_start + json_len];
+        let mut warnings = Vec::new();
+        let file = parse_file(json, &mut warnings).unwrap();
+        assert_eq!(warnings, Vec::<String>::new());
+        let env = |k: &str| (k == TURN_SECRET_ENV).then(|| "from-env".to_string());
+        let c = resolve(file, &Overrides::default(), env).unwrap();
+        assert_eq!(c.webrtc.turn_servers.len(), 1);
+        assert_eq!(c.sessions, SessionsConfig::default());
+        assert_eq!(c.limits, LimitsConfig::default());
+    }
+
+    /// Sessions, guests and webrtc keys: defaults, values, and refusals that
+    /// name the key; the TURN secret comes from the environment too and is masked.
+    #[test]
+    fn session_and_webrtc_keys() {
+        let c = load("{}", Overrides::default()).unwrap().config;
+        assert_eq!(c.sessions, SessionsConfig::default());
+        assert_eq!(c.sessions.resume_grace, Duration::from_secs(15));
+        assert_eq!(c.sessions.token_ttl, Duration::from_secs(86400));
+        assert_eq!(c.sessions.guest_ttl, Duration::from_secs(1800));
+        let json = r#"{"sessions":{"token_ttl_secs":60,"resume_grace_secs":0,"held_max_frames":4,"held_max_bytes":4096},
+            "guests":{"enabled":false,"ttl_secs":5},
+            "webrtc":{"turn_servers":["turn:127.0.0.1:3478?transport=udp"],"turn_secret":"s3","turn_credential_ttl_secs":30}}"#;
+        let c = load(json, Overrides::default()).unwrap().config;
+        assert_eq!(c.sessions.token_ttl, Duration::from_secs(60));
+        assert!(c.sessions.resume_grace.is_zero());
+        assert_eq!(
+            (c.sessions.held_max_frames, c.sessions.held_max_bytes),
+            (4, 4096)
+        );
+        assert!(!c.sessions.guests_enabled);
+        assert_eq!(c.webrtc.turn_secret.as_deref(), Some("s3"));
+        assert_eq!(c.webrtc.turn_credential_ttl, Duration::from_secs(30));
+        assert!(c.describe().contains("webrtc.turn_secret = ***"));
+        assert!(!c.describe().contains("s3"));
+        for (json, key) in [
+            (
+                r#"{"sessions":{"resume_grace_secs":-1}}"#,
+                "sessions.resume_grace_secs",
+            ),
+            (
+                r#"{"sessions":{"token_ttl_secs":0}}"#,
+                "sessions.token_ttl_secs",
+            ),
+            (
+                r#"{"sessions":{"held_max_bytes":10}}"#,
+                "sessions.held_max_bytes",
+            ),
+            (r#"{"guests":{"ttl_secs":0}}"#, "guests.ttl_secs"),
+            (
+                r#"{"webrtc":{"stun_servers":["http://x"]}}"#,
+                "webrtc.stun_servers",
+            ),
+            (
+                r#"{"webrtc":{"turn_servers":["stun:x"],"turn_secret":"s"}}"#,
+                "webrtc.turn_servers",
+            ),
+            (
+                r#"{"webrtc":{"turn_servers":["turn:x:3478"]}}"#,
+                "webrtc.turn_secret",
+            ),
+        ] {
+            let err = load(json, Overrides::default()).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}: {err}");
+        }
+        let env = |k: &str| (k == TURN_SECRET_ENV).then(|| "from-env".to_string());
+        let file = r#"{"webrtc":{"turn_servers":["turns:x:5349"]}}"#;
+        let c = resolve(
+            parse_file(file, &mut Vec::new()).unwrap(),
+            &Overrides::default(),
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.webrtc.turn_secret.as_deref(), Some("from-env"));
     }
 
     /// Each invalid value is refused with its key named.

@@ -8,4 +8,6 @@ pub mod limits;
 pub mod user;
 
 pub use call::{Call, CallBook, CallError, CallId, CallPhase, EndReason, Ended};
-pub use user::{UserId, UserState, UsernameError, validate_secret, validate_username};
+pub use user::{
+    GUEST_ID_BASE, UserId, UserState, UsernameError, guest_name, validate_secret, validate_username,
+};

@@ -7,7 +7,16 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(pub u64);
 
+/// Guest ids start here; registered users are numbered from 1 and storage never
+/// gives out an id this large, so the two can never collide.
+pub const GUEST_ID_BASE: u64 = 1 << 62;
+
 impl UserId {
+    /// A temporary guest identity (GUEST_LOGIN), never a registered user.
+    pub fn is_guest(self) -> bool {
+        self.0 >= GUEST_ID_BASE
+    }
+
     /// Parses the wire form. Anything but a plain decimal number is not an id.
     pub fn parse(text: &str) -> Option<UserId> {
         if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -95,6 +104,17 @@ pub fn validate_username(name: &str) -> Result<(), UsernameError> {
     }
 }
 
+/// The name a guest is shown under: the chosen display name (which follows the
+/// username rules) plus a suffix with a space and parentheses, characters no
+/// registered username may contain, so a guest can never pass for a user.
+///
+/// # Errors
+/// The display name breaks the username rules.
+pub fn guest_name(display_name: &str) -> Result<String, UsernameError> {
+    validate_username(display_name)?;
+    Ok(format!("{display_name} (guest)"))
+}
+
 /// The case-folded form under which names are unique: `Alice` and `alice` are
 /// the same account, and logging in as either works.
 pub fn username_key(name: &str) -> String {
@@ -148,6 +168,16 @@ mod tests {
     }
 
     /// Case folding makes names unique regardless of case.
+    #[test]
+    fn guests_cannot_pass_for_registered_users() {
+        let name = guest_name("alice").unwrap();
+        assert_eq!(name, "alice (guest)");
+        assert!(validate_username(&name).is_err());
+        assert!(guest_name("al ice").is_err());
+        assert!(UserId(GUEST_ID_BASE).is_guest());
+        assert!(!UserId(GUEST_ID_BASE - 1).is_guest());
+    }
+
     #[test]
     fn usernames_are_unique_regardless_of_case() {
         assert_eq!(username_key("Alice"), username_key("aLICE"));

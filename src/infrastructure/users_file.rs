@@ -17,9 +17,9 @@ use log::{info, warn};
 
 use super::fsutil::{replace_atomically, sync_dir};
 use crate::application::{StoreError, UserRecord, UserStore};
-use crate::domain::UserId;
 use crate::domain::user::username_key;
 use crate::domain::validate_username;
+use crate::domain::{GUEST_ID_BASE, UserId};
 
 /// A comment line that records the next id to give out, so that ids of
 /// deleted users are not reused. Other readers see an ordinary comment.
@@ -162,7 +162,10 @@ impl UsersFile {
     /// `Ok(None)` if there is no such user; `Err` if the rewrite failed (the
     /// file and the store are then unchanged).
     pub fn delete(&self, username: &str) -> io::Result<Option<UserRecord>> {
-        self.rewrite(username, |_| None)
+        match self.find_by_name(username) {
+            Some(user) => self.rewrite(user.id, |_| None),
+            None => Ok(None),
+        }
     }
 
     /// Replaces a user's password hash, rewriting the file atomically.
@@ -170,31 +173,25 @@ impl UsersFile {
     /// # Errors
     /// As [`UsersFile::delete`].
     pub fn set_password_hash(&self, username: &str, hash: &str) -> io::Result<Option<UserRecord>> {
-        self.rewrite(username, |user| {
-            Some(UserRecord {
-                password_hash: hash.to_string(),
-                ..user.clone()
-            })
-        })
+        match self.find_by_name(username) {
+            Some(user) => self.rewrite(user.id, |user| with_hash(user, hash)),
+            None => Ok(None),
+        }
     }
 
     /// Applies `change` to one user (None deletes), writes the whole file to a
     /// temporary, syncs, renames it over users.txt, then updates memory.
     fn rewrite(
         &self,
-        username: &str,
+        id: UserId,
         change: impl FnOnce(&UserRecord) -> Option<UserRecord>,
     ) -> io::Result<Option<UserRecord>> {
         // The writer lock keeps appends out until the new file is in place, and
         // every user already in the file is in the index (create publishes
         // before it lets go of the writer), so the snapshot misses no line.
         let mut writer = lock(&self.writer);
-        let key = username_key(username);
-        let (id, old, new, content) = {
+        let (old, new, content) = {
             let index = lock(&self.index);
-            let Some(id) = index.by_name.get(&key).copied() else {
-                return Ok(None);
-            };
             let Some(old) = index.by_id.get(&id).cloned() else {
                 return Ok(None);
             };
@@ -209,7 +206,7 @@ impl UsersFile {
                 };
                 content.extend(user.map(line_of));
             }
-            (id, old, new, content)
+            (old, new, content)
         };
         // The file I/O runs without the index lock: lookups go on meanwhile.
         // The old append handle points at the replaced file; the new one is
@@ -222,11 +219,18 @@ impl UsersFile {
             }
             None => {
                 index.by_id.remove(&id);
-                index.by_name.remove(&key);
+                index.by_name.remove(&username_key(&old.username));
             }
         }
         Ok(Some(old))
     }
+}
+
+fn with_hash(user: &UserRecord, hash: &str) -> Option<UserRecord> {
+    Some(UserRecord {
+        password_hash: hash.to_string(),
+        ..user.clone()
+    })
 }
 
 /// Parses the whole file. Returns the index and how many bytes to keep: all of
@@ -287,6 +291,11 @@ fn parse_line(line: &str) -> Result<UserRecord, String> {
         ));
     };
     let id = UserId::parse(id).ok_or_else(|| format!("user id {id:?} is not a number"))?;
+    if id.is_guest() {
+        return Err(format!(
+            "user id {id} is in the range kept for guests (from {GUEST_ID_BASE})"
+        ));
+    }
     validate_username(username).map_err(|e| format!("username {username:?}: {e}"))?;
     if !(hash.len() == 60 && hash.starts_with("$2")) {
         return Err("password hash is not a bcrypt hash".into());
@@ -321,6 +330,18 @@ impl UserStore for UsersFile {
             .collect()
     }
 
+    fn set_password_hash_of(&self, id: UserId, hash: &str) -> Result<bool, StoreError> {
+        self.rewrite(id, |user| with_hash(user, hash))
+            .map(|old| old.is_some())
+            .map_err(StoreError::Io)
+    }
+
+    fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.rewrite(id, |_| None)
+            .map(|old| old.is_some())
+            .map_err(StoreError::Io)
+    }
+
     fn create(
         &self,
         username: &str,
@@ -334,6 +355,12 @@ impl UserStore for UsersFile {
                 return Err(StoreError::Conflict);
             }
             let id = UserId(index.next_id);
+            if id.is_guest() {
+                index.reserved.remove(&key);
+                return Err(StoreError::Io(io::Error::other(
+                    "no user ids left below the guest range",
+                )));
+            }
             index.next_id += 1;
             id
         };

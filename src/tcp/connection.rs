@@ -59,6 +59,9 @@ pub struct Connection {
     end_reason: Option<String>,
     pub(super) shared: Arc<Shared>,
     pub(super) session: Session,
+    /// 1 until the client says HELLO with a higher version: a v1 client sees
+    /// only v1 behaviour.
+    pub(super) protocol: u32,
     transport: Transport,
     outbox: Arc<Outbox>,
     inbuf: Vec<u8>,
@@ -101,6 +104,7 @@ impl Connection {
             end_reason: None,
             shared,
             session: Session::Anonymous,
+            protocol: 1,
             transport,
             outbox,
             inbuf: Vec::new(),

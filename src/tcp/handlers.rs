@@ -3,19 +3,38 @@
 //! A request with a response type gets exactly one answer (its response or an
 //! ERROR). Relayed messages (SDP, ICE, HANGUP) and CALL_REQUEST/CALL_RESPONSE
 //! are answered only when they fail, as v1 clients expect.
+//!
+//! Protocol 2 (after HELLO): LOGIN_RESPONSE also carries a session token and
+//! the ICE servers; the session is resumable and its calls are held when the
+//! connection drops. RESUME_REQUEST and GUEST_LOGIN_REQUEST imply protocol 2.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::info;
 
 use super::connection::{Connection, Session};
 use super::message::{
-    AuthResponse, Credentials, Heartbeat, LogoutResponse, ReqId, Request, ServerMessage, UserEntry,
-    UserList,
+    AccountDelete, AuthResponse, Credentials, GuestLogin, Heartbeat, Hello, IceServerEntry,
+    IceServerList, LogoutResponse, PasswordChange, ReqId, Request, Resume, ServerMessage,
+    SessionOutcome, UserEntry, UserList, Welcome,
 };
-use crate::application::{AppError, Signal};
-use crate::domain::{CallId, UserId, validate_username};
+use crate::application::hub::{Resumed, SessionKind};
+use crate::application::{AppError, IceServers, SessionEnd, Signal, UserRecord};
+use crate::domain::{CallId, UserId, guest_name, validate_username};
 use crate::metrics::Metrics;
+
+/// The highest protocol version this server speaks.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// What protocol 2 offers, as WELCOME lists it.
+const CAPABILITIES: &[&str] = &[
+    "resume",
+    "token_refresh",
+    "peer_status",
+    "ice_servers",
+    "guest",
+    "password_change",
+    "account_delete",
+];
 
 /// Room left in a relayed frame for the ids the server writes into it.
 const RELAY_HEADROOM: usize = 128;
@@ -69,14 +88,22 @@ impl Connection {
         }
     }
 
-    /// Requests that need no login: LOGIN, REGISTER, HEARTBEAT.
+    /// Requests that need no login: LOGIN, REGISTER, HEARTBEAT, HELLO, RESUME,
+    /// GUEST_LOGIN.
     fn anonymous(&mut self, request: Request) -> Answer {
         match request {
             Request::Login(c) => Ok(Some(self.login(c))),
             Request::Register(c) => Ok(Some(self.register(c))),
             Request::Heartbeat(h) => Ok(Some(heartbeat(h))),
+            Request::Hello(h) => self.hello(h).map(Some),
+            Request::Resume(r) => self.resume(r).map(Some),
+            Request::GuestLogin(g) => self.guest_login(g).map(Some),
             _ => Err(AppError::LoginRequired),
         }
+    }
+
+    fn v2(&self) -> bool {
+        self.protocol >= 2
     }
 
     fn authenticated(&mut self, user: UserId, request: Request) -> Answer {
@@ -86,6 +113,31 @@ impl Connection {
             Request::Login(c) => Ok(Some(self.login(c))),
             Request::Register(c) => Ok(Some(self.register(c))),
             Request::Heartbeat(h) => Ok(Some(heartbeat(h))),
+            Request::Hello(h) => self.hello(h).map(Some),
+            Request::Resume(r) => self.resume(r).map(Some),
+            Request::GuestLogin(g) => self.guest_login(g).map(Some),
+            Request::TokenRefresh(e) => {
+                let record = self.registered(user)?;
+                let issued = self.shared.tokens.issue(&record, unix_now());
+                self.protocol = self.protocol.max(PROTOCOL_VERSION);
+                Ok(Some(ServerMessage::TokenRefreshResponse(SessionOutcome {
+                    success: true,
+                    session_token: Some(issued.token),
+                    expires_at: Some(issued.expires_at),
+                    req_id: e.req_id,
+                })))
+            }
+            Request::IceServers(e) => {
+                let list = self.shared.ice.servers_for(user, unix_now());
+                Ok(Some(ServerMessage::IceServersResponse(IceServerList {
+                    ice_servers: ice_entries(&list),
+                    ttl_secs: list.ttl_secs,
+                    expires_at: list.expires_at,
+                    req_id: e.req_id,
+                })))
+            }
+            Request::PasswordChange(p) => self.change_password(user, p).map(Some),
+            Request::AccountDelete(d) => self.delete_account(user, d).map(Some),
             Request::UserList(e) => {
                 let users = hub
                     .user_list()
@@ -161,6 +213,11 @@ impl Connection {
                 Ok(None)
             }
             Request::Logout(e) => {
+                // Tokens of a protocol 2 session die with it, durably, before
+                // the LOGOUT is acknowledged.
+                if self.v2() && !user.is_guest() {
+                    self.shared.tokens.revoke_all(user)?;
+                }
                 hub.logout(conn, user)?;
                 info!("logout conn={} user_id={}", conn, user);
                 self.end_session();
@@ -178,15 +235,15 @@ impl Connection {
     }
 
     fn login(&mut self, c: Credentials) -> ServerMessage {
-        let result = match &self.session {
-            Session::Authenticated { username, .. } => Err(AppError::Conflict(format!(
-                "already logged in as {username}; send LOGOUT_REQUEST first"
-            ))),
-            Session::Anonymous => self
-                .shared
-                .auth
-                .verify(&c.username, &c.password_hash, self.peer_ip())
-                .and_then(|user| self.shared.hub.login(self.id, &user).map(|()| user)),
+        let result = match self.already_logged_in() {
+            Some(err) => Err(err),
+            None => {
+                let kind = self.session_kind();
+                self.shared
+                    .auth
+                    .verify(&c.username, &c.password_hash, self.peer_ip())
+                    .and_then(|user| self.shared.hub.login(self.id, &user, kind).map(|()| user))
+            }
         };
         match result {
             Ok(user) => {
@@ -194,11 +251,7 @@ impl Connection {
                     "login conn={} user_id={} username={}",
                     self.id, user.id, user.username
                 );
-                self.session = Session::Authenticated {
-                    user: user.id,
-                    username: user.username.clone(),
-                };
-                ServerMessage::LoginResponse(success(user.id, user.username, c.req_id))
+                ServerMessage::LoginResponse(self.logged_in(&user, c.req_id))
             }
             Err(err) => {
                 Metrics::count(&self.shared.metrics.failed_logins);
@@ -211,6 +264,214 @@ impl Connection {
                 ServerMessage::LoginResponse(failure(err, c.req_id))
             }
         }
+    }
+
+    /// The session a login opens: protocol 2 sessions hold a token, so their
+    /// calls are held when the connection drops.
+    fn session_kind(&self) -> SessionKind {
+        SessionKind {
+            v2: self.v2(),
+            resumable: self.v2(),
+            guest_until: None,
+        }
+    }
+
+    /// Records the session and builds the success answer: for protocol 2 with
+    /// a fresh token and the ICE servers.
+    fn logged_in(&mut self, user: &UserRecord, req_id: Option<ReqId>) -> AuthResponse {
+        self.session = Session::Authenticated {
+            user: user.id,
+            username: user.username.clone(),
+        };
+        let mut response = success(user.id, user.username.clone(), req_id);
+        if self.v2() {
+            let now = unix_now();
+            if !user.id.is_guest() {
+                let issued = self.shared.tokens.issue(user, now);
+                response.session_token = Some(issued.token);
+                response.expires_at = Some(issued.expires_at);
+            }
+            let list = self.shared.ice.servers_for(user.id, now);
+            response.ice_ttl_secs = Some(list.ttl_secs);
+            response.ice_servers = Some(ice_entries(&list));
+        }
+        response
+    }
+
+    fn already_logged_in(&self) -> Option<AppError> {
+        match &self.session {
+            Session::Authenticated { username, .. } => Some(AppError::Conflict(format!(
+                "already logged in as {username}; send LOGOUT_REQUEST first"
+            ))),
+            Session::Anonymous => None,
+        }
+    }
+
+    /// HELLO: settles the protocol version for this connection.
+    fn hello(&mut self, h: Hello) -> Result<ServerMessage, AppError> {
+        if h.protocol_version == 0 {
+            return Err(AppError::BadRequest(
+                "protocol_version must be 1 or more".into(),
+            ));
+        }
+        if self.user().is_some() {
+            return Err(AppError::Conflict(
+                "HELLO must come before logging in".into(),
+            ));
+        }
+        self.protocol = h.protocol_version.min(PROTOCOL_VERSION);
+        info!(
+            "hello conn={} protocol={} client={}",
+            self.id,
+            self.protocol,
+            h.client_name.as_deref().map_or("-".into(), loggable_name)
+        );
+        let limits = &self.shared.limits;
+        let idle = limits.idle_timeout.as_secs().max(1);
+        Ok(ServerMessage::Welcome(Welcome {
+            server_name: "switchboard".into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: self.protocol,
+            capabilities: if self.v2() {
+                CAPABILITIES.iter().map(|c| (*c).to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            max_frame_bytes: limits.max_frame,
+            heartbeat_interval_secs: (idle / 2).max(1),
+            idle_timeout_secs: idle,
+            req_id: h.req_id,
+        }))
+    }
+
+    /// RESUME_REQUEST: a login by session token, without bcrypt. A held call
+    /// goes on. Answered with LOGIN_RESPONSE, or ERROR (401 for a forged,
+    /// expired or revoked token).
+    fn resume(&mut self, r: Resume) -> Result<ServerMessage, AppError> {
+        self.protocol = self.protocol.max(PROTOCOL_VERSION);
+        if let Some(err) = self.already_logged_in() {
+            return Err(err);
+        }
+        let verified = self.shared.tokens.verify(&r.session_token, unix_now());
+        let user = verified.inspect_err(|err| {
+            Metrics::count(&self.shared.metrics.resumes_refused);
+            info!("resume refused conn={} reason={}", self.id, err);
+        })?;
+        let resumed = self
+            .shared
+            .hub
+            .resume(self.id, &user, self.session_kind())?;
+        Metrics::count(&self.shared.metrics.resumes);
+        let call = match resumed {
+            Resumed::Call(id) => Some(id.to_string()),
+            Resumed::Fresh => None,
+        };
+        info!(
+            "resume conn={} user_id={} username={} call={}",
+            self.id,
+            user.id,
+            user.username,
+            call.as_deref().unwrap_or("-")
+        );
+        let mut response = self.logged_in(&user, r.req_id);
+        response.call_id = call;
+        Ok(ServerMessage::LoginResponse(response))
+    }
+
+    /// GUEST_LOGIN_REQUEST: a temporary identity, never stored, gone after the
+    /// guest TTL. Answered with LOGIN_RESPONSE, or ERROR.
+    fn guest_login(&mut self, g: GuestLogin) -> Result<ServerMessage, AppError> {
+        self.protocol = self.protocol.max(PROTOCOL_VERSION);
+        if let Some(err) = self.already_logged_in() {
+            return Err(err);
+        }
+        let ttl = self.shared.sessions.guest_ttl.ok_or_else(|| {
+            AppError::Forbidden("guest logins are disabled on this server".into())
+        })?;
+        let name = guest_name(&g.display_name)
+            .map_err(|e| AppError::BadRequest(format!("display_name: {e}")))?;
+        if !self.shared.hub.guest_name_free(&g.display_name) {
+            return Err(AppError::Conflict(
+                "that name belongs to a registered user; choose another display_name".into(),
+            ));
+        }
+        let until = Instant::now() + ttl;
+        let guest = self
+            .shared
+            .hub
+            .guest_login(self.id, name, until, self.v2())?;
+        info!(
+            "guest login conn={} user_id={} username={}",
+            self.id, guest.id, guest.username
+        );
+        let mut response = self.logged_in(&guest, g.req_id);
+        response.guest = Some(true);
+        response.expires_at = Some(unix_now() + ttl.as_secs());
+        Ok(ServerMessage::LoginResponse(response))
+    }
+
+    /// The stored record of a logged-in registered user; guests have none.
+    fn registered(&self, user: UserId) -> Result<UserRecord, AppError> {
+        if user.is_guest() {
+            return Err(AppError::Forbidden(
+                "guests have no account or session token".into(),
+            ));
+        }
+        self.shared
+            .hub
+            .users()
+            .find_by_id(user)
+            .ok_or_else(|| AppError::Unauthorized("the account was deleted".into()))
+    }
+
+    fn change_password(
+        &mut self,
+        user: UserId,
+        p: PasswordChange,
+    ) -> Result<ServerMessage, AppError> {
+        let record = self.registered(user)?;
+        let record = self.shared.auth.change_password(
+            &record.username,
+            &p.old_password_hash,
+            &p.new_password_hash,
+            self.peer_ip(),
+        )?;
+        info!("password changed conn={} user_id={}", self.id, user);
+        // Every earlier token is void now; a protocol 2 client gets a new one.
+        let issued = self
+            .v2()
+            .then(|| self.shared.tokens.issue(&record, unix_now()));
+        Ok(ServerMessage::PasswordChangeResponse(SessionOutcome {
+            success: true,
+            expires_at: issued.as_ref().map(|i| i.expires_at),
+            session_token: issued.map(|i| i.token),
+            req_id: p.req_id,
+        }))
+    }
+
+    fn delete_account(
+        &mut self,
+        user: UserId,
+        d: AccountDelete,
+    ) -> Result<ServerMessage, AppError> {
+        let record = self.registered(user)?;
+        let record =
+            self.shared
+                .auth
+                .delete_account(&record.username, &d.password_hash, self.peer_ip())?;
+        info!(
+            "account deleted conn={} user_id={} username={}",
+            self.id, record.id, record.username
+        );
+        self.shared
+            .hub
+            .end_user(user, SessionEnd::AccountDeleted, Some(self.id));
+        self.end_session();
+        Ok(ServerMessage::AccountDeleteResponse(SessionOutcome {
+            success: true,
+            req_id: d.req_id,
+            ..SessionOutcome::default()
+        }))
     }
 
     fn register(&mut self, c: Credentials) -> ServerMessage {
@@ -259,6 +520,24 @@ fn failure(err: AppError, req_id: Option<ReqId>) -> AuthResponse {
         req_id,
         ..AuthResponse::default()
     }
+}
+
+fn ice_entries(list: &IceServers) -> Vec<IceServerEntry> {
+    list.servers
+        .iter()
+        .map(|s| IceServerEntry {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn heartbeat(h: Heartbeat) -> ServerMessage {

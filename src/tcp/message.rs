@@ -1,4 +1,5 @@
-//! The message types of RoomRTC v1.0 and their JSON payloads, one enum per direction.
+//! The message types of RoomRTC v1.0, Switchboard's protocol 2 additions, and
+//! their JSON payloads, one enum per direction.
 //!
 //! This is the registry: [`MessageType`] lists every code once; [`Request`]
 //! (client to server) and [`ServerMessage`] (server to client) map codes to
@@ -60,6 +61,19 @@ message_types! {
     Error = 0x12, "ERROR";
     LogoutRequest = 0x13, "LOGOUT_REQUEST";
     LogoutResponse = 0x14, "LOGOUT_RESPONSE";
+    Hello = 0x15, "HELLO";
+    Welcome = 0x16, "WELCOME";
+    ResumeRequest = 0x17, "RESUME_REQUEST";
+    TokenRefreshRequest = 0x18, "TOKEN_REFRESH_REQUEST";
+    TokenRefreshResponse = 0x19, "TOKEN_REFRESH_RESPONSE";
+    GuestLoginRequest = 0x1A, "GUEST_LOGIN_REQUEST";
+    IceServersRequest = 0x1B, "ICE_SERVERS_REQUEST";
+    IceServersResponse = 0x1C, "ICE_SERVERS_RESPONSE";
+    PeerStatus = 0x1D, "PEER_STATUS";
+    PasswordChangeRequest = 0x1E, "PASSWORD_CHANGE_REQUEST";
+    PasswordChangeResponse = 0x1F, "PASSWORD_CHANGE_RESPONSE";
+    AccountDeleteRequest = 0x20, "ACCOUNT_DELETE_REQUEST";
+    AccountDeleteResponse = 0x21, "ACCOUNT_DELETE_RESPONSE";
 }
 
 impl MessageType {
@@ -212,6 +226,13 @@ direction! {
         Hangup(Hangup) = Hangup,
         Heartbeat(Heartbeat) = Heartbeat,
         Logout(Empty) = LogoutRequest,
+        Hello(Hello) = Hello,
+        Resume(Resume) = ResumeRequest,
+        TokenRefresh(Empty) = TokenRefreshRequest,
+        GuestLogin(GuestLogin) = GuestLoginRequest,
+        IceServers(Empty) = IceServersRequest,
+        PasswordChange(PasswordChange) = PasswordChangeRequest,
+        AccountDelete(AccountDelete) = AccountDeleteRequest,
     }
 }
 
@@ -232,6 +253,12 @@ direction! {
         Heartbeat(Heartbeat) = Heartbeat,
         Error(ErrorMessage) = Error,
         LogoutResponse(LogoutResponse) = LogoutResponse,
+        Welcome(Welcome) = Welcome,
+        TokenRefreshResponse(SessionOutcome) = TokenRefreshResponse,
+        IceServersResponse(IceServerList) = IceServersResponse,
+        PeerStatus(PeerStatus) = PeerStatus,
+        PasswordChangeResponse(SessionOutcome) = PasswordChangeResponse,
+        AccountDeleteResponse(SessionOutcome) = AccountDeleteResponse,
     }
 }
 
@@ -265,14 +292,27 @@ impl Request {
     pub fn allowed_anonymously(&self) -> bool {
         matches!(
             self,
-            Request::Login(_) | Request::Register(_) | Request::Heartbeat(_)
+            Request::Login(_)
+                | Request::Register(_)
+                | Request::Heartbeat(_)
+                | Request::Hello(_)
+                | Request::Resume(_)
+                | Request::GuestLogin(_)
         )
     }
 
     pub fn req_id(&self) -> Option<&ReqId> {
         match self {
             Request::Login(m) | Request::Register(m) => m.req_id.as_ref(),
-            Request::UserList(m) | Request::Logout(m) => m.req_id.as_ref(),
+            Request::UserList(m)
+            | Request::Logout(m)
+            | Request::TokenRefresh(m)
+            | Request::IceServers(m) => m.req_id.as_ref(),
+            Request::Hello(m) => m.req_id.as_ref(),
+            Request::Resume(m) => m.req_id.as_ref(),
+            Request::GuestLogin(m) => m.req_id.as_ref(),
+            Request::PasswordChange(m) => m.req_id.as_ref(),
+            Request::AccountDelete(m) => m.req_id.as_ref(),
             Request::Call(m) => m.req_id.as_ref(),
             Request::CallResponse(m) => m.req_id.as_ref(),
             Request::SdpOffer(m) | Request::SdpAnswer(m) => m.req_id.as_ref(),
@@ -398,7 +438,9 @@ pub struct Heartbeat {
     pub req_id: Option<ReqId>,
 }
 
-/// LOGIN_RESPONSE and REGISTER_RESPONSE.
+/// LOGIN_RESPONSE and REGISTER_RESPONSE (also the answer to RESUME_REQUEST and
+/// GUEST_LOGIN_REQUEST). The fields after `retry_after_ms` are protocol 2: only
+/// a client that said HELLO sees them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthResponse {
     pub success: bool,
@@ -414,8 +456,128 @@ pub struct AuthResponse {
     /// With code 429: how long to wait before trying again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For RESUME_REQUEST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Unix seconds: when `session_token` (or a guest session) expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The session is a guest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<bool>,
+    /// RESUME_REQUEST kept this call going.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_servers: Option<Vec<IceServerEntry>>,
+    /// Seconds the TURN credentials in `ice_servers` stay valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_ttl_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<ReqId>,
+}
+
+/// HELLO: the client's protocol version (2 for the additions) and what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// WELCOME: the answer to HELLO.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub server_name: String,
+    pub server_version: String,
+    /// The version this connection speaks: the lower of the two.
+    pub protocol_version: u32,
+    pub capabilities: Vec<String>,
+    pub max_frame_bytes: usize,
+    pub heartbeat_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub session_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestLogin {
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChange {
+    pub old_password_hash: String,
+    pub new_password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDelete {
+    pub password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// TOKEN_REFRESH_RESPONSE, PASSWORD_CHANGE_RESPONSE and ACCOUNT_DELETE_RESPONSE.
+/// They are sent on success only (`success` is always true); a failure is an ERROR.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOutcome {
+    pub success: bool,
+    /// A new token (refresh, password change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// One STUN or TURN server, shaped like WebRTC's `RTCIceServer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServerEntry {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServerList {
+    pub ice_servers: Vec<IceServerEntry>,
+    /// Seconds the TURN credentials stay valid (0: none issued).
+    pub ttl_secs: u64,
+    /// Unix seconds when they expire (0: none issued).
+    pub expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<ReqId>,
+}
+
+/// PEER_STATUS: the other party of the call lost its connection
+/// (`"reconnecting"`, held for `grace_ms`) or came back (`"reconnected"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub call_id: String,
+    pub peer_user_id: String,
+    pub peer_username: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
 }
 
 /// One entry of USER_LIST_RESPONSE: flat, as the v1 client's text search needs.
@@ -547,6 +709,31 @@ mod tests {
             Request::Logout(Empty {
                 req_id: Some(ReqId::Int(-4)),
             }),
+            Request::Hello(Hello {
+                protocol_version: 2,
+                client_name: Some("desk".into()),
+                capabilities: vec!["resume".into()],
+                req_id: None,
+            }),
+            Request::Resume(Resume {
+                session_token: "sb1.x.y".into(),
+                req_id: None,
+            }),
+            Request::TokenRefresh(Empty::default()),
+            Request::GuestLogin(GuestLogin {
+                display_name: "visitor".into(),
+                req_id: None,
+            }),
+            Request::IceServers(Empty::default()),
+            Request::PasswordChange(PasswordChange {
+                old_password_hash: "a".into(),
+                new_password_hash: "b".into(),
+                req_id: None,
+            }),
+            Request::AccountDelete(AccountDelete {
+                password_hash: "a".into(),
+                req_id: None,
+            }),
         ];
         for request in all {
             let frame = request.to_frame();
@@ -619,6 +806,41 @@ mod tests {
                 error: None,
                 req_id: None,
             }),
+            ServerMessage::Welcome(Welcome {
+                server_name: "switchboard".into(),
+                server_version: "0.1.0".into(),
+                protocol_version: 2,
+                capabilities: vec!["resume".into()],
+                max_frame_bytes: 1024,
+                heartbeat_interval_secs: 30,
+                idle_timeout_secs: 60,
+                req_id: None,
+            }),
+            ServerMessage::TokenRefreshResponse(SessionOutcome {
+                success: true,
+                session_token: Some("sb1.x.y".into()),
+                expires_at: Some(9),
+                req_id: None,
+            }),
+            ServerMessage::IceServersResponse(IceServerList {
+                ice_servers: vec![IceServerEntry {
+                    urls: vec!["turn:h:3478".into()],
+                    username: Some("9:1".into()),
+                    credential: Some("c".into()),
+                }],
+                ttl_secs: 60,
+                expires_at: 9,
+                req_id: None,
+            }),
+            ServerMessage::PeerStatus(PeerStatus {
+                call_id: "9".into(),
+                peer_user_id: "2".into(),
+                peer_username: "bob".into(),
+                status: "reconnecting".into(),
+                grace_ms: Some(15000),
+            }),
+            ServerMessage::PasswordChangeResponse(SessionOutcome::default()),
+            ServerMessage::AccountDeleteResponse(SessionOutcome::default()),
         ];
         for message in all {
             let frame = message.to_frame();
@@ -739,10 +961,11 @@ mod tests {
         );
     }
 
-    /// Every code 0x01-0x14 is known by name and code, and names resolve back.
+    /// Every code 0x01-0x21 (v1's twenty, then protocol 2's) is known by name
+    /// and code, and names resolve back.
     #[test]
-    fn the_registry_covers_all_twenty_v1_types() {
-        assert_eq!(MessageType::ALL.len(), 20);
+    fn the_registry_covers_every_type_without_gaps() {
+        assert_eq!(MessageType::ALL.len(), 0x21);
         for (i, t) in MessageType::ALL.iter().enumerate() {
             assert_eq!(t.code() as usize, i + 1);
             assert_eq!(MessageType::from_code(t.code()), Some(*t));

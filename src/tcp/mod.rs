@@ -14,5 +14,5 @@ pub mod tls;
 pub mod transport;
 
 pub use message::{MessageType, ReqId, Request, ServerMessage};
-pub use server::{Limits, Server, ServerHandle, ServerStats, Settings};
+pub use server::{Limits, Server, ServerHandle, ServerStats, SessionSettings, Settings, Storage};
 pub use tls::{TlsError, TlsIdentity, build_acceptor};

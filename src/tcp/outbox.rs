@@ -14,7 +14,8 @@ use log::{debug, warn};
 use rustix::event::{EventfdFlags, eventfd};
 
 use super::message::{
-    CallAnswered, CallNotification, Hangup, IceCandidate, Sdp, ServerMessage, UserStateUpdate,
+    CallAnswered, CallNotification, Hangup, IceCandidate, PeerStatus, Sdp, ServerMessage,
+    UserStateUpdate,
 };
 use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub enum CloseReason {
     SlowConsumer,
     TakenOver,
     ShuttingDown,
+    GuestExpired,
+    AccountDeleted,
 }
 
 impl CloseReason {
@@ -36,6 +39,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::TakenOver => "logged in elsewhere",
             CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::GuestExpired => "guest session expired",
+            CloseReason::AccountDeleted => "account deleted",
         }
     }
 }
@@ -300,6 +305,8 @@ fn close_reason(why: SessionEnd) -> CloseReason {
     match why {
         SessionEnd::TakenOver => CloseReason::TakenOver,
         SessionEnd::ShuttingDown => CloseReason::ShuttingDown,
+        SessionEnd::GuestExpired => CloseReason::GuestExpired,
+        SessionEnd::AccountDeleted => CloseReason::AccountDeleted,
     }
 }
 
@@ -307,6 +314,8 @@ fn session_end_message(why: SessionEnd) -> ServerMessage {
     match why {
         SessionEnd::TakenOver => ServerMessage::error(409, "logged in elsewhere", None),
         SessionEnd::ShuttingDown => ServerMessage::error(503, "server shutting down", None),
+        SessionEnd::GuestExpired => ServerMessage::error(401, "guest session expired", None),
+        SessionEnd::AccountDeleted => ServerMessage::error(401, "account deleted", None),
     }
 }
 
@@ -350,6 +359,23 @@ pub fn notice_message(notice: Notice) -> ServerMessage {
             req_id: None,
         }),
         Notice::Signal(signal) => signal_message(signal),
+        Notice::PeerStatus {
+            call_id,
+            peer,
+            reconnecting,
+            grace_ms,
+        } => ServerMessage::PeerStatus(PeerStatus {
+            call_id: call_id.to_string(),
+            peer_user_id: peer.id.to_string(),
+            peer_username: peer.username.to_string(),
+            status: if reconnecting {
+                "reconnecting"
+            } else {
+                "reconnected"
+            }
+            .into(),
+            grace_ms: reconnecting.then_some(grace_ms),
+        }),
         Notice::SessionEnded(why) => session_end_message(why),
     }
 }

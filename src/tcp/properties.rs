@@ -5,7 +5,8 @@ use proptest::prelude::*;
 
 use super::frame::{self, Decoded};
 use super::message::{
-    CallRequest, Credentials, Hangup, Heartbeat, IceCandidate, ReqId, Request, Sdp, ServerMessage,
+    AccountDelete, CallRequest, Credentials, GuestLogin, Hangup, Heartbeat, Hello, IceCandidate,
+    PasswordChange, ReqId, Request, Resume, Sdp, ServerMessage,
 };
 
 fn req_id() -> impl Strategy<Value = Option<ReqId>> {
@@ -60,6 +61,41 @@ fn request() -> impl Strategy<Value = Request> {
                 req_id,
             })
         }),
+        (
+            any::<u32>(),
+            proptest::option::of(".*"),
+            proptest::collection::vec(".*", 0..4),
+            req_id()
+        )
+            .prop_map(|(protocol_version, client_name, capabilities, req_id)| {
+                Request::Hello(Hello {
+                    protocol_version,
+                    client_name,
+                    capabilities,
+                    req_id,
+                })
+            }),
+        (".*", req_id()).prop_map(|(session_token, req_id)| Request::Resume(Resume {
+            session_token,
+            req_id
+        })),
+        (".*", req_id()).prop_map(|(display_name, req_id)| Request::GuestLogin(GuestLogin {
+            display_name,
+            req_id
+        })),
+        (".*", ".*", req_id()).prop_map(|(old_password_hash, new_password_hash, req_id)| {
+            Request::PasswordChange(PasswordChange {
+                old_password_hash,
+                new_password_hash,
+                req_id,
+            })
+        }),
+        (".*", req_id()).prop_map(|(password_hash, req_id)| Request::AccountDelete(
+            AccountDelete {
+                password_hash,
+                req_id
+            }
+        )),
     ]
 }
 

@@ -18,7 +18,11 @@ use super::message::{MessageType, ServerMessage};
 use super::outbox::{Connections, Outbox};
 use super::transport::{Transport, accept_tls};
 use crate::application::auth::AuthLimits;
-use crate::application::{Authenticator, Hub, Notifier, PasswordHasher, SessionEnd, UserStore};
+use crate::application::hub::{HoldLimits, HubSettings};
+use crate::application::{
+    Authenticator, Hub, IceSettings, Notifier, PasswordHasher, SessionEnd, SessionStore,
+    SessionTokens, UserStore,
+};
 use crate::metrics::{Gauges, Metrics};
 
 /// Connection threads need little stack: no recursion beyond serde_json's
@@ -48,7 +52,7 @@ pub struct Limits {
     pub rate_violations_before_disconnect: u32,
 }
 
-/// Everything the server is built from, besides the listener and the store.
+/// Everything the server is built from, besides the listener and the stores.
 pub struct Settings {
     pub limits: Limits,
     pub auth_limits: AuthLimits,
@@ -56,12 +60,33 @@ pub struct Settings {
     pub bcrypt_cost: u32,
     pub hash_concurrency: usize,
     pub tls: Option<TlsAcceptor>,
+    pub sessions: SessionSettings,
+    pub ice: IceSettings,
+}
+
+/// Protocol 2 sessions: tokens, held calls, guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub token_ttl_secs: u64,
+    pub hold: HoldLimits,
+    /// How long a guest session lasts; `None`: GUEST_LOGIN is refused.
+    pub guest_ttl: Option<Duration>,
+}
+
+/// What the server keeps on disk: users, token revocations, the token secret.
+pub struct Storage {
+    pub users: Arc<dyn UserStore>,
+    pub revocations: Arc<dyn SessionStore>,
+    pub session_secret: [u8; 32],
 }
 
 /// State shared by the listener and every connection thread.
 pub struct Shared {
     pub hub: Arc<Hub>,
     pub auth: Authenticator,
+    pub tokens: SessionTokens,
+    pub ice: IceSettings,
+    pub sessions: SessionSettings,
     pub connections: Arc<Connections>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -90,7 +115,10 @@ impl Shared {
             online_users: hub.online,
             calls: hub.calls,
             calls_ringing: hub.ringing,
+            sessions_held: hub.held,
+            guests_online: hub.guests,
             frames_encoded: self.connections.frames_encoded(),
+            password_hashes: self.metrics.hash_wait.count(),
         }
     }
 }
@@ -104,20 +132,27 @@ pub struct Server {
 impl Server {
     /// # Errors
     /// If bcrypt refuses the cost.
-    pub fn new(
-        listener: TcpListener,
-        settings: Settings,
-        users: Arc<dyn UserStore>,
-    ) -> io::Result<Server> {
+    pub fn new(listener: TcpListener, settings: Settings, storage: Storage) -> io::Result<Server> {
+        let users = storage.users;
         let metrics = Arc::new(Metrics::default());
         let connections = Arc::new(Connections::new(metrics.clone()));
         let notifier: Arc<dyn Notifier> = connections.clone();
+        let hub_settings = HubSettings {
+            ringing_timeout: settings.ringing_timeout,
+            hold: settings.sessions.hold,
+        };
         let hub = Arc::new(Hub::new(
             notifier,
             users.clone(),
-            settings.ringing_timeout,
+            hub_settings,
             metrics.clone(),
         ));
+        let tokens = SessionTokens::new(
+            storage.session_secret,
+            settings.sessions.token_ttl_secs,
+            users.clone(),
+            storage.revocations,
+        );
         let hasher = PasswordHasher::new(
             settings.bcrypt_cost,
             settings.hash_concurrency,
@@ -129,6 +164,9 @@ impl Server {
             shared: Arc::new(Shared {
                 hub,
                 auth: Authenticator::new(users, hasher, settings.auth_limits),
+                tokens,
+                ice: settings.ice,
+                sessions: settings.sessions,
                 connections,
                 limits: settings.limits,
                 metrics,
@@ -147,7 +185,7 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Starts the accept loop and the ringing timer on their own threads.
+    /// Starts the accept loop and the hub's timer on their own threads.
     ///
     /// # Errors
     /// If a thread cannot be spawned.
@@ -157,8 +195,8 @@ impl Server {
         let (done_tx, done_rx) = mpsc::channel();
         let hub = self.shared.hub.clone();
         let timer = thread::Builder::new()
-            .name("ringing-timer".into())
-            .spawn(move || hub.run_ringing_timer())?;
+            .name("hub-timer".into())
+            .spawn(move || hub.run_timer())?;
         let (shared, listener, flag) = (self.shared.clone(), self.listener, stop.clone());
         let accept = thread::Builder::new()
             .name("accept".into())
@@ -184,7 +222,12 @@ pub struct ServerStats {
     pub online_users: usize,
     pub calls: usize,
     pub calls_ringing: usize,
+    /// Sessions whose connection dropped, their call held for a resume.
+    pub sessions_held: usize,
+    pub guests_online: usize,
     pub frames_encoded: u64,
+    /// bcrypt hashes and verifications run since start.
+    pub password_hashes: u64,
 }
 
 /// A read-only view of a running server, for the admin listener.

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod coturn;
 pub mod daemon;
 
 use std::io::{self, Read, Write};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use switchboard::application::UserStore;
 use switchboard::config::Config;
 use switchboard::daemon::Running;
-use switchboard::infrastructure::{DataDirLock, UsersFile};
+use switchboard::infrastructure::DataDirLock;
 use switchboard::tcp::{MessageType, Server, ServerStats};
 
 /// How long a test waits for a frame before failing.
@@ -79,11 +80,11 @@ impl TestServer {
     ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = test_config(dir.path());
-        let store: Arc<dyn UserStore> =
-            Arc::new(UsersFile::open(&config.users_file).expect("store"));
+        let mut storage = switchboard::daemon::open_storage(&config).expect("storage");
+        storage.users = wrap(storage.users);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let settings = switchboard::daemon::settings(&config, None);
-        let handle = Server::new(listener, settings, wrap(store))
+        let handle = Server::new(listener, settings, storage)
             .expect("server")
             .start()
             .expect("start");
@@ -142,6 +143,28 @@ impl TestServer {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Registers and logs in a new user with HELLO (protocol 2); returns the
+    /// client, its user id and its session token.
+    pub fn user_v2(&self, name: &str) -> (Client, String, String) {
+        let mut c = self.client();
+        let id = c.register(name, "secret");
+        let token = c.login_v2(name, "secret");
+        (c, id, token)
+    }
+
+    /// Waits until `held` sessions are held for a resume.
+    pub fn wait_for_held(&self, held: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.stats().sessions_held != held {
+            assert!(
+                Instant::now() < deadline,
+                "held sessions: {:?}, expected {held}",
+                self.stats()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Registers and logs in a new user; returns the client and its user id.
@@ -347,6 +370,38 @@ impl Client {
     pub fn login_ok(&mut self, name: &str, secret: &str) {
         let f = self.login(name, secret);
         assert_eq!(f.body["success"], true, "login {name}: {}", f.body);
+    }
+
+    /// HELLO with protocol 2; returns the WELCOME.
+    pub fn hello(&mut self) -> Frame {
+        self.send(
+            MessageType::Hello,
+            json!({"protocol_version": 2, "client_name": "tests"}),
+        );
+        self.expect(MessageType::Welcome)
+    }
+
+    /// HELLO then LOGIN; returns the session token.
+    pub fn login_v2(&mut self, name: &str, secret: &str) -> String {
+        self.hello();
+        let f = self.login(name, secret);
+        assert_eq!(f.body["success"], true, "login {name}: {}", f.body);
+        f.str("session_token").to_string()
+    }
+
+    /// RESUME_REQUEST with `token`; returns the answer (LOGIN_RESPONSE or ERROR).
+    pub fn resume(&mut self, token: &str) -> Frame {
+        self.send(
+            MessageType::ResumeRequest,
+            json!({"session_token": token, "req_id": "resume"}),
+        );
+        loop {
+            let f = self.next();
+            if f.body["req_id"] == "resume" {
+                return f;
+            }
+            self.skipped.push(f);
+        }
     }
 
     /// True once the server has closed the connection (EOF or reset), reading
