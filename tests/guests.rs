@@ -129,3 +129,38 @@ fn guest_names_are_checked_and_guests_can_be_disabled() {
     let f = guest(&mut off.client(), "visitor");
     assert_eq!(f["code"], 403, "{f}");
 }
+
+/// Two guests cannot share a name; guest logins (refused ones too) count
+/// against the per-address account limit; a guest's TURN credentials end with the guest.
+#[test]
+fn guests_are_unique_limited_and_their_turn_credentials_end_with_them() {
+    let server = TestServer::start_with(|c| {
+        c.limits.registrations_per_ip_per_minute = 3;
+        c.sessions.guest_ttl = Duration::from_secs(600);
+        c.webrtc.turn_servers = vec!["turn:127.0.0.1:3478".into()];
+        c.webrtc.turn_secret = Some("s".into());
+    });
+    let mut first = server.client();
+    let f = guest(&mut first, "visitor");
+    let expires_at = f["expires_at"].as_u64().unwrap();
+    assert_eq!(f["ice_ttl_secs"], 600, "{f}");
+    let turn_user = f["ice_servers"][0]["username"].as_str().unwrap();
+    assert_eq!(
+        turn_user,
+        format!("{expires_at}:{}", f["user_id"].as_str().unwrap())
+    );
+    first.send(T::IceServersRequest, json!({}));
+    let list = first.expect(T::IceServersResponse).body;
+    assert_eq!(list["expires_at"], expires_at, "{list}");
+
+    let f = guest(&mut server.client(), "VISITOR");
+    assert_eq!(f["code"], 409, "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("another guest"),
+        "{f}"
+    );
+    assert_eq!(guest(&mut server.client(), "other")["success"], true);
+    let f = guest(&mut server.client(), "third");
+    assert_eq!(f["code"], 429, "{f}");
+    assert!(f["retry_after_ms"].as_u64().is_some(), "{f}");
+}

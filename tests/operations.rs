@@ -170,9 +170,13 @@ fn metrics_and_health_report_a_scripted_call() {
     assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
     let (mut alice, _) = server.user("alice");
     let (mut bob, bob_id) = server.user("bob");
-    let (_carol, _) = server.user("carol");
+    let (_carol, carol_id) = server.user("carol");
+    // Presence goes out in batches: wait until carol's has gone out.
+    alice.expect_state(&carol_id, "Available");
     let encoded_before = server.stats().frames_encoded;
-    let (_dave, _) = server.user("dave");
+    let (_dave, dave_id) = server.user("dave");
+    alice.expect_state(&dave_id, "Available");
+    bob.expect_state(&dave_id, "Available");
     assert_eq!(
         server.stats().frames_encoded - encoded_before,
         1,

@@ -365,3 +365,105 @@ fn held_calls_end_with_the_daemon() {
     assert!(running.shutdown(Duration::from_secs(5)));
     bob.expect(T::Hangup);
 }
+
+/// A hold exists only for its call: if the peer hangs up meanwhile, the held
+/// user leaves at once (Disconnected, not callable), and a later RESUME is a
+/// fresh login without the call.
+#[test]
+fn a_hold_ends_when_its_call_ends() {
+    let server = TestServer::start();
+    let (mut alice, alice_id, token) = server.user_v2("alice");
+    let (mut bob, bob_id, _) = server.user_v2("bob");
+    let (mut carol, _) = server.user("carol");
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    alice.drop_connection();
+    server.wait_for_held(1);
+    bob.send(T::Hangup, json!({"call_id": call_id}));
+    bob.expect_state(&alice_id, "Disconnected");
+    carol.expect_state(&alice_id, "Disconnected");
+    assert_eq!(server.stats().sessions_held, 0);
+    assert_eq!(server.stats().online_users, 2);
+    carol.send(T::CallRequest, json!({"to_user_id": alice_id}));
+    assert_eq!(carol.expect_error(409).str("message"), "user is offline");
+    let f = server.client().resume(&token);
+    assert_eq!(f.body["success"], true);
+    assert!(f.body.get("call_id").is_none(), "{}", f.body);
+}
+
+/// A ringing call is held too: the callee answers while the caller is away,
+/// and the caller finds CALL_ACCEPTED waiting when it resumes.
+#[test]
+fn a_ringing_call_is_held_and_its_answer_kept() {
+    let server = TestServer::start();
+    let (mut alice, _, token) = server.user_v2("alice");
+    let (mut bob, bob_id, _) = server.user_v2("bob");
+    alice.send(T::CallRequest, json!({"to_user_id": bob_id}));
+    let call_id = bob.expect(T::CallNotification).str("call_id").to_string();
+    alice.drop_connection();
+    server.wait_for_held(1);
+    assert_eq!(bob.expect(T::PeerStatus).body["status"], "reconnecting");
+    bob.send(
+        T::CallResponse,
+        json!({"call_id": call_id, "accepted": true}),
+    );
+    assert!(bob.barrier().is_empty());
+    let mut back = server.client();
+    back.hello();
+    assert_eq!(back.resume(&token).body["call_id"], call_id.as_str());
+    let accepted = back.next();
+    assert_eq!(accepted.kind, T::CallAccepted.code(), "{}", accepted.body);
+    assert_eq!(accepted.str("call_id"), call_id);
+}
+
+/// A LOGIN with the password while the session is held is a new session, as
+/// in v1: the held call ends.
+#[test]
+fn a_password_login_while_held_ends_the_call() {
+    let server = TestServer::start();
+    let (mut alice, _, _) = server.user_v2("alice");
+    let (mut bob, bob_id, _) = server.user_v2("bob");
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    alice.drop_connection();
+    server.wait_for_held(1);
+    server.client().login_ok("alice", "secret");
+    assert_eq!(bob.expect(T::Hangup).body, json!({"call_id": call_id}));
+    assert_eq!(server.stats().sessions_held, 0);
+}
+
+/// The byte limit of a hold counts too: one large SDP past it ends the call.
+#[test]
+fn a_hold_over_its_byte_limit_ends_the_call() {
+    let server = TestServer::start_with(|c| c.sessions.held_max_bytes = 2048);
+    let (mut alice, _, _) = server.user_v2("alice");
+    let (mut bob, bob_id, _) = server.user_v2("bob");
+    let call_id = connect_call(&mut alice, &mut bob, &bob_id);
+    alice.drop_connection();
+    server.wait_for_held(1);
+    bob.expect(T::PeerStatus);
+    bob.send(
+        T::SdpOffer,
+        json!({"call_id": call_id, "sdp": "v".repeat(1000)}),
+    );
+    assert!(bob.barrier().is_empty(), "within the limit");
+    bob.send(
+        T::SdpOffer,
+        json!({"call_id": call_id, "sdp": "v".repeat(1000)}),
+    );
+    assert_eq!(bob.expect(T::Hangup).body, json!({"call_id": call_id}));
+}
+
+/// LOGOUT revokes the user's tokens whichever protocol logs out; TOKEN_REFRESH
+/// needs protocol 2.
+#[test]
+fn a_v1_logout_revokes_tokens_too() {
+    let server = TestServer::start();
+    let (alice, _, token) = server.user_v2("alice");
+    drop(alice);
+    let mut v1 = server.client();
+    v1.login_ok("alice", "secret");
+    v1.send(T::TokenRefreshRequest, json!({}));
+    assert!(v1.expect_error(400).str("message").contains("send HELLO"));
+    v1.send(T::LogoutRequest, json!({}));
+    v1.expect(T::LogoutResponse);
+    assert_eq!(refused(&server, &token), "session token revoked");
+}

@@ -3,7 +3,7 @@
 use serde_json::json;
 use switchboard::tcp::MessageType as T;
 
-use crate::support::{TestServer, connect_call};
+use crate::support::{self, TestServer, connect_call};
 
 /// A new login ends the old session: ERROR 409 "logged in elsewhere", close,
 /// its call ends (peer gets HANGUP), and the new connection works.
@@ -78,4 +78,47 @@ fn repeated_cycles_leave_nothing_behind() {
     }
     server.wait_until_clean(0);
     assert_eq!(server.stats().online_users, 0);
+}
+
+/// Presence goes out in batches, but never after what followed it: a client
+/// that logs in and calls at once is seen Available before its call rings, and
+/// Busy only after.
+#[test]
+fn presence_is_never_overtaken_by_a_call_event() {
+    let server = TestServer::start();
+    let (mut bob, bob_id) = server.user("bob");
+    let mut alice = server.client();
+    let alice_id = alice.register("alice", "secret");
+    for _ in 0..20 {
+        // LOGIN and CALL_REQUEST in one write: both changes fall in one batch window.
+        let mut bytes = support::encode(
+            T::LoginRequest,
+            &json!({"username": "alice", "password_hash": "secret"}),
+        );
+        bytes.extend(support::encode(
+            T::CallRequest,
+            &json!({"to_user_id": bob_id}),
+        ));
+        alice.send_raw(&bytes);
+        let mut seen = Vec::new();
+        loop {
+            let f = bob.next();
+            if f.kind == T::CallNotification.code() {
+                break;
+            }
+            if f.kind == T::UserStateUpdate.code() && f.str("user_id") == alice_id {
+                seen.push(f.str("state").to_string());
+            }
+        }
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("Available"),
+            "{seen:?}"
+        );
+        alice.expect(T::LoginResponse);
+        alice.send(T::LogoutRequest, json!({}));
+        alice.expect(T::LogoutResponse);
+        bob.expect(T::Hangup);
+        bob.expect_state(&alice_id, "Disconnected");
+    }
 }

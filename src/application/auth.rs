@@ -290,6 +290,19 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// GUEST_LOGIN from `from`: guests count as account creations for the
+    /// per-address limit, so nobody can mint identities (and TURN
+    /// credentials) in a loop.
+    ///
+    /// # Errors
+    /// 429 past `limits.registrations_per_ip_per_minute`.
+    pub fn admit_guest(&self, from: IpAddr) -> Result<(), AppError> {
+        self.throttles()
+            .registrations
+            .admit(&from, Instant::now())
+            .map_err(|wait| rate_limited("too many new accounts from your address", wait))
+    }
+
     /// Checks a logged-in user's current secret, as a login would (same
     /// back-off), answering a mismatch with "wrong password".
     fn confirm(&self, username: &str, secret: &str, from: IpAddr) -> Result<UserRecord, AppError> {

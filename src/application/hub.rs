@@ -8,6 +8,13 @@
 //! [`Notifier`] in the order the state changed. The state lock is traded for a
 //! delivery lock before delivering (hand over hand), so the next state change can
 //! be computed while this one is being queued, yet it cannot be queued first.
+//!
+//! Presence is batched: a change waits (at most [`PRESENCE_BATCH`]) under the
+//! delivery lock, where a later change of the same user replaces it, and the
+//! batch goes to each connection in one push (one wake-up, one write) instead of
+//! one per change. A login storm of N users thus costs the connections about
+//! N / batch wake-ups each rather than N. Any other notice (a call event, a
+//! takeover) first delivers the pending batch, so state order still holds.
 //! Relayed SDP/ICE skip that lock: each sender's relays are already ordered by
 //! its own connection thread. The price: a relay racing the end of its call (the
 //! peer hangs up, a takeover, shutdown) can reach the peer just after the
@@ -20,6 +27,7 @@
 //! session and delivers the gap. Past the grace period (or when the gap
 //! overflows) the session ends as any disconnect does.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -93,13 +101,63 @@ impl Session {
     }
 }
 
+/// How long a presence change may wait to be broadcast with others.
+pub const PRESENCE_BATCH: Duration = Duration::from_millis(10);
+
 #[derive(Debug)]
 struct HubState {
     online: HashMap<UserId, Session>,
     calls: CallBook,
     /// Session deadlines (guest expiry, end of a hold), for the timer.
     deadlines: BTreeSet<(Instant, UserId)>,
+    /// When the pending presence batch must go out, if one is pending.
+    presence_due: Option<Instant>,
     stopping: bool,
+}
+
+/// Presence changes not yet broadcast: the latest state of each user, in the
+/// order the users first changed. Guarded by the delivery lock.
+#[derive(Debug, Default)]
+struct PendingPresence {
+    order: Vec<UserId>,
+    latest: HashMap<UserId, (Arc<str>, UserState)>,
+}
+
+impl PendingPresence {
+    fn add(&mut self, user: UserId, username: Arc<str>, state: UserState) {
+        match self.latest.entry(user) {
+            Entry::Occupied(mut e) => {
+                e.insert((username, state));
+            }
+            Entry::Vacant(e) => {
+                e.insert((username, state));
+                self.order.push(user);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<(UserId, Notice)> {
+        let mut latest = std::mem::take(&mut self.latest);
+        std::mem::take(&mut self.order)
+            .into_iter()
+            .filter_map(|user| {
+                let (username, state) = latest.remove(&user)?;
+                debug!("presence user_id={user} state={state}");
+                Some((
+                    user,
+                    Notice::Presence {
+                        user,
+                        username,
+                        state,
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// A rough size of a held notice, for the gap's byte limit.
@@ -188,6 +246,15 @@ impl HubState {
         Party { id: user, username }
     }
 
+    /// Every attached session: who is told about presence.
+    fn audience(&self) -> Vec<(UserId, ConnId)> {
+        self.online
+            .iter()
+            .filter(|(_, s)| s.detached.is_none())
+            .map(|(u, s)| (*u, s.conn))
+            .collect()
+    }
+
     /// Fails unless `conn` holds `user`'s current session: a connection whose
     /// session was taken over must not act for the user any more.
     fn check_session(&self, conn: ConnId, user: UserId) -> Result<(), AppError> {
@@ -202,12 +269,11 @@ impl HubState {
 #[derive(Default)]
 struct Outgoing {
     direct: Vec<(ConnId, Notice)>,
-    /// Presence changes, each broadcast to every other online user.
-    presence: Vec<(UserId, Arc<str>, UserState)>,
+    /// Held sessions ended as a side effect (their call ended): they leave,
+    /// whatever the caller's `before` covered.
+    gone: Vec<(UserId, Arc<str>)>,
     /// Sessions to end (takeover).
     end: Vec<(ConnId, SessionEnd)>,
-    /// Every online connection, captured with the state, for the broadcasts.
-    audience: Vec<(UserId, ConnId)>,
     /// A deadline moved earlier: the timer must look again.
     wake_timer: bool,
 }
@@ -251,7 +317,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     /// Wakes the ringing timer when a deadline is added or the hub stops.
     timer_wake: Condvar,
-    delivery_order: Mutex<()>,
+    /// The delivery lock (module docs), and the presence batch it guards.
+    delivery: Mutex<PendingPresence>,
     notifier: Arc<dyn Notifier>,
     users: Arc<dyn UserStore>,
     ringing_timeout: Duration,
@@ -283,10 +350,11 @@ impl Hub {
                 online: HashMap::new(),
                 calls: CallBook::new(first_call_id),
                 deadlines: BTreeSet::new(),
+                presence_due: None,
                 stopping: false,
             }),
             timer_wake: Condvar::new(),
-            delivery_order: Mutex::new(()),
+            delivery: Mutex::new(PendingPresence::default()),
             notifier,
             users,
             ringing_timeout: settings.ringing_timeout,
@@ -329,7 +397,18 @@ impl Hub {
         user: &UserRecord,
         kind: SessionKind,
     ) -> Result<(), AppError> {
-        let mut state = self.lock_for_login(user.id)?;
+        let state = self.lock_for_login(user.id)?;
+        self.login_locked(state, conn, user, kind);
+        Ok(())
+    }
+
+    fn login_locked(
+        &self,
+        mut state: MutexGuard<'_, HubState>,
+        conn: ConnId,
+        user: &UserRecord,
+        kind: SessionKind,
+    ) {
         let username: Arc<str> = Arc::from(user.username.as_str());
         let mut out = Outgoing::default();
         let mut touched = vec![(user.id, username.clone())];
@@ -357,14 +436,23 @@ impl Hub {
             },
         );
         self.commit(state, before, out);
-        Ok(())
+    }
+
+    /// Fails unless `conn` holds `user`'s current session (it may have been
+    /// taken over, or the account deleted, since the connection logged in).
+    ///
+    /// # Errors
+    /// `LoginRequired`.
+    pub fn check_session(&self, conn: ConnId, user: UserId) -> Result<(), AppError> {
+        lock(&self.state).check_session(conn, user)
     }
 
     /// GUEST_LOGIN: a new guest identity, online on `conn` until `until`.
     /// Returns the guest's record (id and shown name; no password).
     ///
     /// # Errors
-    /// `Unavailable` while the server is shutting down.
+    /// `Unavailable` while the server is shutting down; `Conflict` if an
+    /// online guest already has the name.
     pub fn guest_login(
         &self,
         conn: ConnId,
@@ -384,7 +472,17 @@ impl Hub {
             resumable: false,
             guest_until: Some(until),
         };
-        self.login(conn, &guest, kind)?;
+        let state = self.lock_for_login(id)?;
+        let taken = state
+            .online
+            .iter()
+            .any(|(id, s)| id.is_guest() && s.username.eq_ignore_ascii_case(&guest.username));
+        if taken {
+            return Err(AppError::Conflict(
+                "another guest is using that name; choose another display_name".into(),
+            ));
+        }
+        self.login_locked(state, conn, &guest, kind);
         self.timer_wake.notify_one();
         Metrics::count(&self.metrics.guest_logins);
         Ok(guest)
@@ -791,6 +889,10 @@ impl Hub {
             let Some(session) = state.online.get(&user) else {
                 continue;
             };
+            if session.deadline() != Some(deadline) {
+                // A stale entry: the session it was for is gone; this one has its own.
+                continue;
+            }
             let mut out = Outgoing::default();
             if session.detached.is_some() {
                 info!("held session not resumed in time user_id={user}; ending its call");
@@ -810,21 +912,25 @@ impl Hub {
     }
 
     /// Runs the timer until [`Hub::stop`]: sleeps until the earliest deadline
-    /// (a ringing call, a held session, a guest's expiry), or until a new one
-    /// wakes it, and expires what is due.
+    /// (a ringing call, a held session, a guest's expiry, a presence batch),
+    /// or until a new one wakes it, and handles what is due.
     pub fn run_timer(&self) {
         let mut state = lock(&self.state);
         while !state.stopping {
             let now = Instant::now();
             let sessions = state.deadlines.first().map(|(at, _)| *at);
-            let next = match (state.calls.next_deadline(), sessions) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [state.calls.next_deadline(), sessions, state.presence_due]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(deadline) if deadline <= now => {
+                    let presence_due = state.presence_due.is_some_and(|due| due <= now);
                     drop(state);
                     self.expire_due(now);
+                    if presence_due {
+                        self.flush_presence();
+                    }
                     state = lock(&self.state);
                 }
                 Some(deadline) => {
@@ -914,54 +1020,78 @@ impl Hub {
                 tell(out, call.callee, hung_up);
             }
         }
+        // A session is held only for its call: with the call gone, a held
+        // party has nothing to come back to, and must not stay online (and
+        // callable) without a connection until its grace period ends.
+        for party in [call.caller, call.callee] {
+            if state
+                .online
+                .get(&party)
+                .is_some_and(|s| s.detached.is_some())
+                && let Some(session) = state.take_session(party)
+            {
+                info!(
+                    "held session ended with its call user_id={party} call_id={}",
+                    call.id
+                );
+                out.gone.push((party, session.username));
+            }
+        }
         debug!("call ended call_id={} reason={:?}", call.id, ended.reason);
     }
 
-    /// Broadcasts the presence changes since `before`, then delivers `out`, in
-    /// state order (see the module docs).
-    fn commit(&self, state: MutexGuard<'_, HubState>, before: Before, mut out: Outgoing) {
+    /// Delivers `out` and queues the presence changes since `before` for the
+    /// next batch, in state order (see the module docs).
+    fn commit(&self, mut state: MutexGuard<'_, HubState>, before: Before, out: Outgoing) {
+        let mut changed = Vec::new();
         for (user, username, was) in before.0 {
             let now = state.presence(user);
             if now != was {
-                out.presence.push((user, username, now));
+                changed.push((user, username, now));
             }
         }
-        if !out.presence.is_empty() {
-            out.audience = state
-                .online
-                .iter()
-                .filter(|(_, s)| s.detached.is_none())
-                .map(|(u, s)| (*u, s.conn))
-                .collect();
+        for (user, username) in out.gone {
+            if !changed.iter().any(|(u, _, _)| *u == user) && !state.online.contains_key(&user) {
+                changed.push((user, username, UserState::Disconnected));
+            }
         }
-        if out.wake_timer {
+        let urgent = !out.end.is_empty() || !out.direct.is_empty();
+        let mut pending = lock(&self.delivery);
+        // Whatever is said next comes after the presence changes before it.
+        let flush = urgent && !pending.is_empty();
+        let audience = if flush { state.audience() } else { Vec::new() };
+        let mut wake = out.wake_timer;
+        if !changed.is_empty() && state.presence_due.is_none() {
+            state.presence_due = Some(Instant::now() + PRESENCE_BATCH);
+            wake = true;
+        }
+        if wake {
             self.timer_wake.notify_one();
         }
-        let order = lock(&self.delivery_order);
         drop(state);
+        if flush {
+            self.notifier.notify_each(&audience, pending.take());
+        }
         for (conn, why) in out.end {
             self.notifier.end_session(conn, why);
         }
         for (conn, notice) in out.direct {
             self.notifier.notify(conn, notice);
         }
-        for (user, username, presence) in out.presence {
-            debug!("presence user_id={user} state={presence}");
-            let to: Vec<ConnId> = out
-                .audience
-                .iter()
-                .filter(|(u, _)| *u != user)
-                .map(|(_, c)| *c)
-                .collect();
-            self.notifier.notify_many(
-                &to,
-                Notice::Presence {
-                    user,
-                    username,
-                    state: presence,
-                },
-            );
+        for (user, username, presence) in changed {
+            pending.add(user, username, presence);
         }
-        drop(order);
+        drop(pending);
+    }
+
+    /// Broadcasts the pending presence batch (the timer calls it when due).
+    fn flush_presence(&self) {
+        let mut state = lock(&self.state);
+        state.presence_due = None;
+        let audience = state.audience();
+        let mut pending = lock(&self.delivery);
+        drop(state);
+        let batch = pending.take();
+        self.notifier.notify_each(&audience, batch);
     }
 }

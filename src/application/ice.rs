@@ -55,8 +55,9 @@ pub fn turn_password(secret: &str, username: &str) -> String {
 }
 
 impl IceSettings {
-    /// The servers for `user`, with credentials minted at `now` (Unix seconds).
-    pub fn servers_for(&self, user: UserId, now: u64) -> IceServers {
+    /// The servers for `user`, with credentials minted at `now` (Unix seconds)
+    /// that expire after the configured time, or at `not_after` if sooner.
+    pub fn servers_for(&self, user: UserId, now: u64, not_after: Option<u64>) -> IceServers {
         let mut servers = Vec::new();
         if !self.stun_servers.is_empty() {
             servers.push(IceServer {
@@ -70,8 +71,10 @@ impl IceSettings {
         if !self.turn_servers.is_empty() {
             let (username, credential) = match &self.turn_secret {
                 Some(secret) => {
-                    ttl_secs = self.credential_ttl_secs;
-                    expires_at = now + ttl_secs;
+                    expires_at = not_after.map_or(now + self.credential_ttl_secs, |end| {
+                        end.clamp(now, now + self.credential_ttl_secs)
+                    });
+                    ttl_secs = expires_at - now;
                     let username = format!("{expires_at}:{user}");
                     let password = turn_password(secret, &username);
                     (Some(username), Some(password))
@@ -114,7 +117,7 @@ mod tests {
             turn_secret: Some("north".into()),
             credential_ttl_secs: 600,
         };
-        let list = settings.servers_for(UserId(42), 1_700_000_000);
+        let list = settings.servers_for(UserId(42), 1_700_000_000, None);
         assert_eq!(list.ttl_secs, 600);
         assert_eq!(list.expires_at, 1_700_000_600);
         assert_eq!(list.servers[0].username, None);
@@ -126,7 +129,7 @@ mod tests {
         );
         assert!(
             IceSettings::default()
-                .servers_for(UserId(1), 5)
+                .servers_for(UserId(1), 5, None)
                 .servers
                 .is_empty()
         );

@@ -185,8 +185,10 @@ pub enum Notice {
 pub trait Notifier: Send + Sync {
     /// Queues a notice for one connection; unknown connections are skipped.
     fn notify(&self, to: ConnId, notice: Notice);
-    /// Queues one notice for many connections, prepared once for all of them.
-    fn notify_many(&self, to: &[ConnId], notice: Notice);
+    /// Queues notices about users (presence) for every connection in
+    /// `audience`, each notice prepared once for all of them. A connection is
+    /// not told about its own user; it gets the rest in order, as one batch.
+    fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>);
     /// Queues a final notice and closes the connection once it is sent.
     fn end_session(&self, conn: ConnId, why: SessionEnd);
 }

@@ -667,7 +667,22 @@ fn resolve(
         drain_timeout,
         admin_bind,
         limits: resolve_limits(file.limits)?,
-        sessions: resolve_sessions(file.sessions, file.guests)?,
+        sessions: {
+            let sessions = resolve_sessions(file.sessions, file.guests)?;
+            // What is held is delivered on RESUME into the connection's
+            // outbound queue, together with whatever is new: it must fit.
+            if sessions.held_max_bytes > outbound_queue_bytes / 4 {
+                return Err(ConfigError::at(
+                    "sessions.held_max_bytes",
+                    format!(
+                        "must be at most a quarter of server.outbound_queue_bytes ({}), got {}",
+                        outbound_queue_bytes / 4,
+                        sessions.held_max_bytes
+                    ),
+                ));
+            }
+            sessions
+        },
         webrtc: resolve_webrtc(file.webrtc, &env)?,
     })
 }
@@ -692,11 +707,16 @@ fn resolve_sessions(s: SessionsSection, g: GuestsSection) -> Result<SessionsConf
             365.0 * 86400.0,
         )?,
         resume_grace,
-        held_max_frames: at_least_one(
-            "sessions.held_max_frames",
-            s.held_max_frames,
-            d.held_max_frames,
-        )?,
+        held_max_frames: match s.held_max_frames {
+            None => d.held_max_frames,
+            Some(n) if (1..=100_000).contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError::at(
+                    "sessions.held_max_frames",
+                    format!("must be between 1 and 100000 (got {n})"),
+                ));
+            }
+        },
         held_max_bytes: match s.held_max_bytes {
             None => d.held_max_bytes,
             Some(n) if n >= 1024 => n,
@@ -950,6 +970,14 @@ mod tests {
             (
                 r#"{"sessions":{"token_ttl_secs":0}}"#,
                 "sessions.token_ttl_secs",
+            ),
+            (
+                r#"{"sessions":{"held_max_bytes":2000000}}"#,
+                "sessions.held_max_bytes",
+            ),
+            (
+                r#"{"sessions":{"held_max_frames":0}}"#,
+                "sessions.held_max_frames",
             ),
             (
                 r#"{"sessions":{"held_max_bytes":10}}"#,

@@ -116,14 +116,13 @@ fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
     result
 }
 
-struct Journal {
-    generations: HashMap<UserId, u64>,
-    file: File,
-}
-
-/// The revocation journal, a [`SessionStore`].
+/// The revocation journal, a [`SessionStore`]. Token checks read the
+/// generations and never wait for the disk: only revocations queue on the
+/// writer, whose lock orders the appends.
 pub struct RevocationFile {
-    journal: Mutex<Journal>,
+    path: PathBuf,
+    generations: Mutex<HashMap<UserId, u64>>,
+    writer: Mutex<File>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,34 +186,54 @@ impl RevocationFile {
                 OpenOptions::new().append(true).open(path).map_err(io_err)?
             };
         Ok(RevocationFile {
-            journal: Mutex::new(Journal { generations, file }),
+            path: path.to_path_buf(),
+            generations: Mutex::new(generations),
+            writer: Mutex::new(file),
         })
     }
 }
 
+/// The whole journal as it should read: one line per user.
+fn journal_text(generations: &HashMap<UserId, u64>) -> String {
+    let mut text = String::from(REVOCATIONS_HEADER);
+    let mut users: Vec<_> = generations.iter().collect();
+    users.sort();
+    for (user, generation) in users {
+        text.push_str(&format!("{user} {generation}\n"));
+    }
+    text
+}
+
 impl SessionStore for RevocationFile {
     fn generation(&self, user: UserId) -> u64 {
-        lock(&self.journal)
-            .generations
-            .get(&user)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.generations).get(&user).copied().unwrap_or(0)
     }
 
     fn revoke_all(&self, user: UserId) -> io::Result<u64> {
-        let mut journal = lock(&self.journal);
-        let next = journal.generations.get(&user).copied().unwrap_or(0) + 1;
+        let mut file = lock(&self.writer);
+        // Only revocations change generations, and they hold the writer.
+        let next = self.generation(user) + 1;
         let line = format!("{user} {next}\n");
-        let before = journal.file.metadata()?.len();
-        let written = journal
-            .file
+        let before = file.metadata()?.len();
+        let written = file
             .write_all(line.as_bytes())
-            .and_then(|()| journal.file.sync_data());
+            .and_then(|()| file.sync_data());
         if let Err(err) = written {
-            let _ = journal.file.set_len(before);
+            // No half line may stay for the next append to run into: cut it
+            // off, or failing that replace the whole file with what is known.
+            if file
+                .set_len(before)
+                .and_then(|()| file.sync_data())
+                .is_err()
+            {
+                let text = journal_text(&lock(&self.generations));
+                if let Ok(fresh) = replace_atomically(&self.path, text.as_bytes()) {
+                    *file = fresh;
+                }
+            }
             return Err(err);
         }
-        journal.generations.insert(user, next);
+        lock(&self.generations).insert(user, next);
         Ok(next)
     }
 }

@@ -62,6 +62,8 @@ pub struct Connection {
     /// 1 until the client says HELLO with a higher version: a v1 client sees
     /// only v1 behaviour.
     pub(super) protocol: u32,
+    /// A guest session's end (Unix seconds): its TURN credentials end with it.
+    pub(super) guest_expires_at: Option<u64>,
     transport: Transport,
     outbox: Arc<Outbox>,
     inbuf: Vec<u8>,
@@ -105,6 +107,7 @@ impl Connection {
             shared,
             session: Session::Anonymous,
             protocol: 1,
+            guest_expires_at: None,
             transport,
             outbox,
             inbuf: Vec::new(),
@@ -134,6 +137,12 @@ impl Connection {
         let reason = self
             .serve()
             .unwrap_or_else(|err| format!("i/o error: {err}"));
+        // Leave the hub before lingering over the close: from here on nothing
+        // sent to this connection can arrive, so it must go elsewhere (a held
+        // session keeps it for a RESUME) rather than into this outbox.
+        if let Some(user) = self.user() {
+            self.shared.hub.disconnect(self.id, user);
+        }
         self.transport.close(LINGER);
         self.end_reason = Some(reason);
     }
@@ -440,6 +449,7 @@ impl Connection {
     /// After LOGOUT: no session, and a fresh login timeout.
     pub(super) fn end_session(&mut self) {
         self.session = Session::Anonymous;
+        self.guest_expires_at = None;
         self.anonymous_since = Instant::now();
     }
 
@@ -512,8 +522,8 @@ impl Connection {
 }
 
 impl Drop for Connection {
-    /// Leaves the hub (ending any call, broadcasting presence) and logs the close
-    /// line, also when a handler panicked.
+    /// Leaves the hub (ending any call, broadcasting presence) if `run` did not
+    /// get to it (a handler panicked), and logs the close line.
     fn drop(&mut self) {
         if let Some(user) = self.user() {
             self.shared.hub.disconnect(self.id, user);

@@ -117,9 +117,15 @@ impl Connection {
             Request::Resume(r) => self.resume(r).map(Some),
             Request::GuestLogin(g) => self.guest_login(g).map(Some),
             Request::TokenRefresh(e) => {
+                hub.check_session(conn, user)?;
+                if !self.v2() {
+                    return Err(AppError::BadRequest(
+                        "TOKEN_REFRESH_REQUEST needs protocol 2: send HELLO before logging in"
+                            .into(),
+                    ));
+                }
                 let record = self.registered(user)?;
                 let issued = self.shared.tokens.issue(&record, unix_now());
-                self.protocol = self.protocol.max(PROTOCOL_VERSION);
                 Ok(Some(ServerMessage::TokenRefreshResponse(SessionOutcome {
                     success: true,
                     session_token: Some(issued.token),
@@ -128,7 +134,8 @@ impl Connection {
                 })))
             }
             Request::IceServers(e) => {
-                let list = self.shared.ice.servers_for(user, unix_now());
+                hub.check_session(conn, user)?;
+                let list = self.ice_servers(user);
                 Ok(Some(ServerMessage::IceServersResponse(IceServerList {
                     ice_servers: ice_entries(&list),
                     ttl_secs: list.ttl_secs,
@@ -136,8 +143,14 @@ impl Connection {
                     req_id: e.req_id,
                 })))
             }
-            Request::PasswordChange(p) => self.change_password(user, p).map(Some),
-            Request::AccountDelete(d) => self.delete_account(user, d).map(Some),
+            Request::PasswordChange(p) => {
+                hub.check_session(conn, user)?;
+                self.change_password(user, p).map(Some)
+            }
+            Request::AccountDelete(d) => {
+                hub.check_session(conn, user)?;
+                self.delete_account(user, d).map(Some)
+            }
             Request::UserList(e) => {
                 let users = hub
                     .user_list()
@@ -213,9 +226,10 @@ impl Connection {
                 Ok(None)
             }
             Request::Logout(e) => {
-                // Tokens of a protocol 2 session die with it, durably, before
-                // the LOGOUT is acknowledged.
-                if self.v2() && !user.is_guest() {
+                // The user's tokens die with the session, durably, before the
+                // LOGOUT is acknowledged (whichever protocol logs out).
+                hub.check_session(conn, user)?;
+                if !user.is_guest() {
                     self.shared.tokens.revoke_all(user)?;
                 }
                 hub.logout(conn, user)?;
@@ -238,7 +252,7 @@ impl Connection {
         let result = match self.already_logged_in() {
             Some(err) => Err(err),
             None => {
-                let kind = self.session_kind();
+                let kind = Self::session_kind(self.v2());
                 self.shared
                     .auth
                     .verify(&c.username, &c.password_hash, self.peer_ip())
@@ -268,12 +282,19 @@ impl Connection {
 
     /// The session a login opens: protocol 2 sessions hold a token, so their
     /// calls are held when the connection drops.
-    fn session_kind(&self) -> SessionKind {
+    fn session_kind(v2: bool) -> SessionKind {
         SessionKind {
-            v2: self.v2(),
-            resumable: self.v2(),
+            v2,
+            resumable: v2,
             guest_until: None,
         }
+    }
+
+    /// The ICE servers for `user`; a guest's TURN credentials end with the guest.
+    fn ice_servers(&self, user: UserId) -> IceServers {
+        self.shared
+            .ice
+            .servers_for(user, unix_now(), self.guest_expires_at)
     }
 
     /// Records the session and builds the success answer: for protocol 2 with
@@ -291,7 +312,7 @@ impl Connection {
                 response.session_token = Some(issued.token);
                 response.expires_at = Some(issued.expires_at);
             }
-            let list = self.shared.ice.servers_for(user.id, now);
+            let list = self.ice_servers(user.id);
             response.ice_ttl_secs = Some(list.ttl_secs);
             response.ice_servers = Some(ice_entries(&list));
         }
@@ -348,19 +369,29 @@ impl Connection {
     /// goes on. Answered with LOGIN_RESPONSE, or ERROR (401 for a forged,
     /// expired or revoked token).
     fn resume(&mut self, r: Resume) -> Result<ServerMessage, AppError> {
-        self.protocol = self.protocol.max(PROTOCOL_VERSION);
         if let Some(err) = self.already_logged_in() {
             return Err(err);
         }
-        let verified = self.shared.tokens.verify(&r.session_token, unix_now());
-        let user = verified.inspect_err(|err| {
+        let refused = |err: AppError| {
             Metrics::count(&self.shared.metrics.resumes_refused);
             info!("resume refused conn={} reason={}", self.id, err);
-        })?;
-        let resumed = self
+            err
+        };
+        let user = self
             .shared
-            .hub
-            .resume(self.id, &user, self.session_kind())?;
+            .tokens
+            .verify(&r.session_token, unix_now())
+            .map_err(refused)?;
+        let hub = &self.shared.hub;
+        let resumed = hub.resume(self.id, &user, Self::session_kind(true))?;
+        // A LOGOUT (or password change) that revoked the token while this
+        // RESUME was on its way must win: check again now that the session is
+        // in place, and undo it if the token died meanwhile.
+        if let Err(err) = self.shared.tokens.verify(&r.session_token, unix_now()) {
+            let _ = hub.logout(self.id, user.id);
+            return Err(refused(err));
+        }
+        self.protocol = self.protocol.max(PROTOCOL_VERSION);
         Metrics::count(&self.shared.metrics.resumes);
         let call = match resumed {
             Resumed::Call(id) => Some(id.to_string()),
@@ -381,7 +412,6 @@ impl Connection {
     /// GUEST_LOGIN_REQUEST: a temporary identity, never stored, gone after the
     /// guest TTL. Answered with LOGIN_RESPONSE, or ERROR.
     fn guest_login(&mut self, g: GuestLogin) -> Result<ServerMessage, AppError> {
-        self.protocol = self.protocol.max(PROTOCOL_VERSION);
         if let Some(err) = self.already_logged_in() {
             return Err(err);
         }
@@ -395,18 +425,19 @@ impl Connection {
                 "that name belongs to a registered user; choose another display_name".into(),
             ));
         }
+        self.shared.auth.admit_guest(self.peer_ip())?;
         let until = Instant::now() + ttl;
-        let guest = self
-            .shared
-            .hub
-            .guest_login(self.id, name, until, self.v2())?;
+        let guest = self.shared.hub.guest_login(self.id, name, until, true)?;
         info!(
             "guest login conn={} user_id={} username={}",
             self.id, guest.id, guest.username
         );
+        self.protocol = self.protocol.max(PROTOCOL_VERSION);
+        let expires_at = unix_now() + ttl.as_secs();
+        self.guest_expires_at = Some(expires_at);
         let mut response = self.logged_in(&guest, g.req_id);
         response.guest = Some(true);
-        response.expires_at = Some(unix_now() + ttl.as_secs());
+        response.expires_at = Some(expires_at);
         Ok(ServerMessage::LoginResponse(response))
     }
 

@@ -18,6 +18,7 @@ use super::message::{
     UserStateUpdate,
 };
 use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
+use crate::domain::UserId;
 use crate::metrics::Metrics;
 
 /// An encoded frame, shared by every recipient of a broadcast.
@@ -94,25 +95,35 @@ impl Outbox {
     /// Queues a frame. Over the byte cap the connection is marked as a slow
     /// consumer instead: its queue is dropped and its thread closes it.
     pub fn push(&self, frame: Frame) {
+        self.push_all(std::iter::once(frame));
+    }
+
+    /// Queues frames in order under one lock, with at most one wake-up: a
+    /// batch of presence updates costs the connection one wake-up and one
+    /// write, not one per update.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Frame>) {
         let mut queue = lock(&self.queue);
         if queue.close.is_some() {
             return;
         }
-        if queue.bytes + frame.len() > self.cap {
-            queue.close = Some(CloseReason::SlowConsumer);
-            queue.frames.clear();
-            queue.bytes = 0;
-            drop(queue);
-            self.signal();
-            return;
-        }
         let was_empty = queue.frames.is_empty();
-        queue.bytes += frame.len();
-        queue.frames.push_back(frame);
+        for frame in frames {
+            if queue.bytes + frame.len() > self.cap {
+                queue.close = Some(CloseReason::SlowConsumer);
+                queue.frames.clear();
+                queue.bytes = 0;
+                drop(queue);
+                self.signal();
+                return;
+            }
+            queue.bytes += frame.len();
+            queue.frames.push_back(frame);
+        }
+        let signal = was_empty && !queue.frames.is_empty();
         drop(queue);
         // Only the first frame needs a wake-up: the thread drains the whole queue
         // after clearing the eventfd, so later frames are picked up by that pass.
-        if was_empty {
+        if signal {
             self.signal();
         }
     }
@@ -276,15 +287,23 @@ impl Notifier for Connections {
         }
     }
 
-    fn notify_many(&self, to: &[ConnId], notice: Notice) {
-        if to.is_empty() {
+    fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>) {
+        if audience.is_empty() || about.is_empty() {
             return;
         }
-        let frame = self.encode(&notice_message(notice));
+        let frames: Vec<(UserId, Frame)> = about
+            .into_iter()
+            .map(|(user, notice)| (user, self.encode(&notice_message(notice))))
+            .collect();
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        for id in to {
-            if let Some(outbox) = map.get(id) {
-                outbox.push(frame.clone());
+        for (reader, conn) in audience {
+            if let Some(outbox) = map.get(conn) {
+                outbox.push_all(
+                    frames
+                        .iter()
+                        .filter(|(user, _)| user != reader)
+                        .map(|(_, frame)| frame.clone()),
+                );
             }
         }
     }
