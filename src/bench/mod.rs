@@ -24,6 +24,7 @@ pub mod swarm;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -177,7 +178,9 @@ pub fn idle_workload(
         &swarm::SwarmOptions {
             clients,
             shards,
+            login: swarm::Login::Password,
             track_presence: false,
+            await_updates: true,
             timeout,
         },
     )?;
@@ -266,7 +269,9 @@ pub fn storm_workload(
         &swarm::SwarmOptions {
             clients,
             shards,
+            login: swarm::Login::Password,
             track_presence: true,
+            await_updates: false,
             timeout,
         },
     )?;
@@ -309,6 +314,95 @@ pub fn storm_workload(
         "daemon_state_updates_sent": updates_out,
         "daemon_frames_encoded": encoded,
         "errors": result.errors,
+    }))
+}
+
+/// `clients` log in at once with their passwords (protocol 2, so each gets a
+/// session token), all disconnect, then all reconnect at once by RESUME: the
+/// time until every LOGIN_RESPONSE, both ways, at the daemon's bcrypt cost.
+///
+/// # Errors
+/// If the daemon cannot start, the clients cannot connect, or a login fails.
+pub fn reconnect_workload(
+    common: &Common,
+    clients: usize,
+    shards: usize,
+    timeout: Duration,
+) -> io::Result<Value> {
+    let daemon = common.start_daemon(clients, clients)?;
+    let options = |login| swarm::SwarmOptions {
+        clients,
+        shards,
+        login,
+        track_presence: false,
+        await_updates: false,
+        timeout,
+    };
+    let by_login = swarm::run(daemon.addr, &options(swarm::Login::PasswordV2))?;
+    let hashes_after_login = daemon.metric("switchboard_password_hash_wait_seconds_count");
+    let tokens: Vec<String> = by_login
+        .tokens
+        .iter()
+        .map(|t| t.clone().unwrap_or_default())
+        .collect();
+    let missing = tokens.iter().filter(|t| t.is_empty()).count();
+    drop(by_login.sockets);
+    // Every session must be gone before the reconnect, or RESUME would take
+    // sessions over instead of opening them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while daemon.metric("switchboard_users_logged_in") != Some(0) {
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::other("sessions did not end after disconnecting"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let by_resume = swarm::run(
+        daemon.addr,
+        &options(swarm::Login::Resume(Arc::new(tokens))),
+    )?;
+    let hashes_after_resume = daemon.metric("switchboard_password_hash_wait_seconds_count");
+    let resumes = daemon.metric("switchboard_resumes_total");
+    drop(by_resume.sockets);
+    drop(daemon);
+    let speedup = ratio(by_login.logins_done_secs, by_resume.logins_done_secs);
+    println!(
+        "reconnect ({clients} clients, bcrypt cost {})",
+        common.bcrypt_cost
+    );
+    println!(
+        "  by LOGIN:  every LOGIN_RESPONSE after {:.3} s ({} ok, {} without a token)",
+        by_login.logins_done_secs, by_login.logins_ok, missing
+    );
+    println!(
+        "  by RESUME: every LOGIN_RESPONSE after {:.3} s ({} ok); {speedup:.1}x faster; password hashes during RESUME: {}",
+        by_resume.logins_done_secs,
+        by_resume.logins_ok,
+        match (hashes_after_login, hashes_after_resume) {
+            (Some(a), Some(b)) => (b - a.min(b)).to_string(),
+            _ => "?".into(),
+        }
+    );
+    Ok(json!({
+        "workload": "reconnect",
+        "clients": clients,
+        "bcrypt_cost": common.bcrypt_cost,
+        "login": {
+            "ok": by_login.logins_ok,
+            "all_logins_secs": by_login.logins_done_secs,
+            "errors": by_login.errors,
+            "tokens_missing": missing,
+        },
+        "resume": {
+            "ok": by_resume.logins_ok,
+            "all_logins_secs": by_resume.logins_done_secs,
+            "errors": by_resume.errors,
+            "daemon_resumes": resumes,
+        },
+        "password_hashes": {
+            "after_login": hashes_after_login,
+            "after_resume": hashes_after_resume,
+        },
+        "resume_speedup": speedup,
     }))
 }
 

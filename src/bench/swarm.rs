@@ -1,5 +1,6 @@
-//! Many clients on a few threads: non-blocking sockets driven by poll(2).
-//! Used by the `idle` and `storm` workloads, where thousands of clients log in.
+//! Many clients on a few threads: non-blocking sockets driven by epoll.
+//! Used by the `idle`, `storm` and `reconnect` workloads, where thousands of
+//! clients log in at once.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,15 +15,29 @@ use rustix::event::{Timespec, epoll};
 use super::client::{MAX_FRAME, scan_str};
 use super::daemon::{SECRET, username};
 use crate::tcp::frame::{self, Decoded};
-use crate::tcp::message::{Credentials, Empty, MessageType, Request, ServerMessage};
+use crate::tcp::message::{Credentials, Empty, Hello, MessageType, Request, Resume, ServerMessage};
+
+/// How the clients log in.
+#[derive(Debug, Clone)]
+pub enum Login {
+    /// LOGIN_REQUEST with the password (protocol 1).
+    Password,
+    /// HELLO, then LOGIN_REQUEST: the answers carry session tokens.
+    PasswordV2,
+    /// RESUME_REQUEST with client `i`'s token at index `i`.
+    Resume(Arc<Vec<String>>),
+}
 
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
     pub clients: usize,
     /// Threads driving the clients.
     pub shards: usize,
+    pub login: Login,
     /// Storm: request USER_LIST after login and track who each client has seen Available.
     pub track_presence: bool,
+    /// Idle: wait until every presence broadcast of the logins has arrived.
+    pub await_updates: bool,
     /// Give up waiting after this long.
     pub timeout: Duration,
 }
@@ -41,6 +56,8 @@ pub struct SwarmResult {
     pub errors: u64,
     /// The open sockets, so the caller can measure the daemon while they stay.
     pub sockets: Vec<TcpStream>,
+    /// Session tokens by client index (protocol 2 logins and resumes).
+    pub tokens: Vec<Option<String>>,
 }
 
 struct Conn {
@@ -49,6 +66,7 @@ struct Conn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     logged_in: Option<Duration>,
+    token: Option<String>,
     seen: Vec<bool>,
     seen_count: usize,
     presence_done: Option<Duration>,
@@ -167,6 +185,7 @@ impl Conn {
             Some(MessageType::LoginResponse) => match ServerMessage::decode(kind, payload) {
                 Ok(ServerMessage::LoginResponse(r)) if r.success => {
                     self.logged_in = Some(t0.elapsed());
+                    self.token = r.session_token;
                     stats.logins_ok += 1;
                     if opts.track_presence {
                         self.queue(&Request::UserList(Empty::default()));
@@ -174,6 +193,7 @@ impl Conn {
                 }
                 other => return Err(bad(format!("login refused: {other:?}"))),
             },
+            Some(MessageType::Welcome) => {}
             Some(MessageType::UserListResponse) => match ServerMessage::decode(kind, payload) {
                 Ok(ServerMessage::UserListResponse(list)) => {
                     for u in list.users.iter().filter(|u| u.state == "Available") {
@@ -195,7 +215,8 @@ impl Conn {
                 && if opts.track_presence {
                     self.presence_done.is_some()
                 } else {
-                    shared.updates.load(Ordering::Relaxed) >= shared.expected_updates
+                    !opts.await_updates
+                        || shared.updates.load(Ordering::Relaxed) >= shared.expected_updates
                 })
     }
 }
@@ -225,6 +246,7 @@ fn connect_all(addr: SocketAddr, indexes: &[usize], opts: &SwarmOptions) -> io::
             inbuf: Vec::new(),
             out: Vec::new(),
             logged_in: None,
+            token: None,
             seen: if opts.track_presence {
                 vec![false; opts.clients]
             } else {
@@ -255,11 +277,27 @@ fn drive(conns: &mut [Conn], opts: &SwarmOptions, t0: Instant, shared: &Shared) 
             epoll::EventData::new_u64(i as u64),
             epoll::EventFlags::IN,
         );
-        c.queue(&Request::Login(Credentials {
+        let login = Request::Login(Credentials {
             username: username(c.index),
             password_hash: SECRET.into(),
             req_id: None,
-        }));
+        });
+        match &opts.login {
+            Login::Password => c.queue(&login),
+            Login::PasswordV2 => {
+                c.queue(&Request::Hello(Hello {
+                    protocol_version: 2,
+                    client_name: Some("switchboard-bench".into()),
+                    capabilities: Vec::new(),
+                    req_id: None,
+                }));
+                c.queue(&login);
+            }
+            Login::Resume(tokens) => c.queue(&Request::Resume(Resume {
+                session_token: tokens.get(c.index).cloned().unwrap_or_default(),
+                req_id: None,
+            })),
+        }
         if added.is_err() || c.flush().is_err() {
             c.dead = true;
             counts.errors += 1;
@@ -378,6 +416,7 @@ pub fn run(addr: SocketAddr, opts: &SwarmOptions) -> io::Result<SwarmResult> {
         state_updates: 0,
         errors: 0,
         sockets: Vec::with_capacity(opts.clients),
+        tokens: vec![None; opts.clients],
     };
     let mut failure = None;
     for h in handles {
@@ -405,6 +444,9 @@ pub fn run(addr: SocketAddr, opts: &SwarmOptions) -> io::Result<SwarmResult> {
                 let t = t.as_secs_f64();
                 result.presence_done_secs =
                     Some(result.presence_done_secs.map_or(t, |p: f64| p.max(t)));
+            }
+            if let Some(slot) = result.tokens.get_mut(c.index) {
+                *slot = c.token;
             }
             result.sockets.push(c.stream);
         }

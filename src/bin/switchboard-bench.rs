@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use switchboard::bench::{self, Common, daemon, floor, relay::RelayOptions, setup::SetupOptions};
 
-/// Load generator for Switchboard: relay, idle, storm and setup workloads, and the floor relay.
+/// Load generator for Switchboard: relay, idle, storm, reconnect and setup workloads, and the floor relay.
 ///
 /// Each workload starts its own daemon (and the floor, for relay), prints a
 /// human summary and then one JSON line with its figures.
@@ -60,6 +60,16 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Clients log in at once (protocol 2, getting session tokens), disconnect,
+    /// and reconnect at once by RESUME; run with --bcrypt-cost 10 for the default cost.
+    Reconnect {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 600.0)]
         timeout: f64,
     },
     /// Scripted calls: CALL_REQUEST to the last ICE candidate.
@@ -150,6 +160,14 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
         } => {
             need(clients + 64);
             bench::storm_workload(&common, clients, threads, Duration::from_secs_f64(timeout))?
+        }
+        Command::Reconnect {
+            clients,
+            threads,
+            timeout,
+        } => {
+            need(clients + 64);
+            bench::reconnect_workload(&common, clients, threads, Duration::from_secs_f64(timeout))?
         }
         Command::Setup { pairs, calls } => bench::setup_workload(
             &common,
