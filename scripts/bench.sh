@@ -5,7 +5,7 @@
 #   $TARGET/bench/results-DATE.jsonl   one JSON line per workload
 #   $TARGET/bench/results-DATE.txt     the human summaries and the machine
 # The daemon runs at bcrypt cost 4; logins at the default cost 10 are measured
-# on their own. Set QUICK=1 for a smaller set (a sanity check, not figures).
+# on their own, and by the reconnect workload (password logins against RESUME). Set QUICK=1 for a smaller set (a sanity check, not figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,4 +49,5 @@ run setup --pairs 10 --calls "$CALLS"
 run storm --clients "$STORM" --timeout 90
 run idle --clients "$LOGINS" --bcrypt-cost 10
 run idle --clients "$IDLE" --timeout 90
+run reconnect --clients "$STORM" --bcrypt-cost 10
 echo "# total $((SECONDS - START)) s; results in $JSONL and $TXT" | tee -a "$TXT"

@@ -228,8 +228,8 @@ fn user(config: &Config, action: UserAction) -> Result<(), Failure> {
             Err(e) => return Err((1, format!("cannot rewrite {}: {e}", store.path().display()))),
         },
         UserAction::List => {
-            for (id, _) in store.list() {
-                if let Some(u) = store.find_by_id(id) {
+            for (id, _) in store.list().iter() {
+                if let Some(u) = store.find_by_id(*id) {
                     println!("{}\t{}\t{}", u.id, u.username, u.created_at);
                 }
             }

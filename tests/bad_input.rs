@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::application::{StoreError, UserRecord, UserStore};
+use switchboard::application::{StoreError, UserListing, UserRecord, UserStore};
 use switchboard::domain::UserId;
 use switchboard::tcp::MessageType as T;
 
@@ -155,7 +155,7 @@ impl UserStore for PanickingStore {
     fn find_by_id(&self, id: UserId) -> Option<UserRecord> {
         self.0.find_by_id(id)
     }
-    fn list(&self) -> Vec<(UserId, String)> {
+    fn list(&self) -> UserListing {
         self.0.list()
     }
     fn create(&self, username: &str, hash: &str, at: u64) -> Result<UserRecord, StoreError> {

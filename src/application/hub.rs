@@ -824,24 +824,24 @@ impl Hub {
     }
 
     /// Every registered user with their presence, then the guests online, in id order.
-    pub fn user_list(&self) -> Vec<(UserId, String, UserState)> {
+    pub fn user_list(&self) -> Vec<(UserId, Arc<str>, UserState)> {
         let users = self.users.list();
         let state = lock(&self.state);
         let mut guests: Vec<_> = state
             .online
             .iter()
             .filter(|(id, _)| id.is_guest())
-            .map(|(id, s)| (*id, s.username.to_string(), state.presence(*id)))
+            .map(|(id, s)| (*id, s.username.clone(), state.presence(*id)))
             .collect();
         guests.sort_unstable_by_key(|g| g.0);
-        users
-            .into_iter()
-            .map(|(id, name)| {
-                let presence = state.presence(id);
-                (id, name, presence)
-            })
-            .chain(guests)
-            .collect()
+        let mut list = Vec::with_capacity(users.len() + guests.len());
+        list.extend(
+            users
+                .iter()
+                .map(|(id, name)| (*id, name.clone(), state.presence(*id))),
+        );
+        list.extend(guests);
+        list
     }
 
     /// Whether a guest with this display name (its guest name) may be created:

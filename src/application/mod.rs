@@ -16,7 +16,7 @@ pub use error::AppError;
 pub use hub::{Hub, HubStats};
 pub use ice::{IceServer, IceServers, IceSettings};
 pub use ports::{
-    ConnId, Notice, Notifier, Party, SessionEnd, SessionStore, Signal, StoreError, UserRecord,
-    UserStore,
+    ConnId, Notice, Notifier, Party, SessionEnd, SessionStore, Signal, StoreError, UserListing,
+    UserRecord, UserStore,
 };
 pub use tokens::{Issued, SessionTokens};

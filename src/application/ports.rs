@@ -37,12 +37,16 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Every user, in id order, as (id, username): a snapshot shared by its readers.
+pub type UserListing = Arc<[(UserId, Arc<str>)]>;
+
 /// Registered users. Lookups by name ignore case.
 pub trait UserStore: Send + Sync {
     fn find_by_name(&self, username: &str) -> Option<UserRecord>;
     fn find_by_id(&self, id: UserId) -> Option<UserRecord>;
-    /// Every user, in id order, as (id, username).
-    fn list(&self) -> Vec<(UserId, String)>;
+    /// Every user, in id order, as (id, username): a shared snapshot, cheap
+    /// to take again while nothing changes.
+    fn list(&self) -> UserListing;
     /// Creates a user and returns only once the record is durable.
     ///
     /// # Errors

@@ -156,7 +156,7 @@ impl SessionTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::application::StoreError;
+    use crate::application::{StoreError, UserListing};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -170,8 +170,8 @@ mod tests {
         fn find_by_id(&self, id: UserId) -> Option<UserRecord> {
             self.0.lock().unwrap().get(&id).cloned()
         }
-        fn list(&self) -> Vec<(UserId, String)> {
-            Vec::new()
+        fn list(&self) -> UserListing {
+            Arc::from([])
         }
         fn create(&self, _: &str, _: &str, _: u64) -> Result<UserRecord, StoreError> {
             Err(StoreError::Conflict)

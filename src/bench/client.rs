@@ -184,13 +184,45 @@ pub fn parse_probe(text: &str) -> Option<(u64, u64)> {
 /// hot path of the presence storm, where a full parse per frame would make the
 /// load generator, not the daemon, the bottleneck.
 pub fn scan_str<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let mut pattern = String::with_capacity(key.len() + 4);
-    pattern.push('"');
-    pattern.push_str(key);
-    pattern.push_str("\":\"");
-    let start = json.find(&pattern)? + pattern.len();
-    let len = json[start..].find('"')?;
-    Some(&json[start..start + len])
+    scan_span(json, key).and_then(|(start, end)| json.get(start..end))
+}
+
+/// The byte range of the string value of `key` (see [`scan_str`]).
+fn scan_span(json: &str, key: &str) -> Option<(usize, usize)> {
+    let at = find_key(json.as_bytes(), key.as_bytes())?;
+    let start = at + key.len() + 4;
+    let len = json.get(start..)?.find('"')?;
+    Some((start, start + len))
+}
+
+/// Where `"key":"` starts in `json`. The load generator scans millions of
+/// small payloads: no allocation, no searcher set-up per call.
+fn find_key(json: &[u8], key: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = json.get(from..)?.iter().position(|b| *b == b'"') {
+        let at = from + i;
+        let rest = json.get(at + 1..)?;
+        if rest.starts_with(key) && rest.get(key.len()..key.len() + 3) == Some(b"\":\"") {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Calls `each(user_id, state)` for every entry of a USER_LIST_RESPONSE payload
+/// as the server writes it (flat entries, `user_id` before `state`).
+pub fn scan_user_list(json: &str, mut each: impl FnMut(&str, &str)) {
+    let mut rest = json;
+    while let Some((start, end)) = scan_span(rest, "user_id") {
+        let id = &rest[start..end];
+        rest = &rest[end..];
+        let Some((start, end)) = scan_span(rest, "state") else {
+            return;
+        };
+        each(id, &rest[start..end]);
+        rest = &rest[end..];
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +270,17 @@ mod tests {
         assert_eq!(scan_str(json, "user_id"), Some("12"));
         assert_eq!(scan_str(json, "state"), Some("Available"));
         assert_eq!(scan_str(json, "call_id"), None);
+        let list = r#"{"users":[{"user_id":"1","username":"a","state":"Available"},{"user_id":"22","username":"state","state":"Busy"}]}"#;
+        let mut seen = Vec::new();
+        scan_user_list(list, |id, state| {
+            seen.push((id.to_string(), state.to_string()))
+        });
+        assert_eq!(
+            seen,
+            vec![
+                ("1".into(), "Available".into()),
+                ("22".into(), "Busy".into())
+            ]
+        );
     }
 }

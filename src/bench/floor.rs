@@ -37,13 +37,18 @@ pub fn serve(listener: TcpListener) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         let waiting = waiting.clone();
-        thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name("floor-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 // A connection that ends or misbehaves just ends; the floor keeps serving.
                 let _ = relay_connection(stream, &waiting);
-            })?;
+            });
+        // Out of threads for a moment (the machine's last run still exiting):
+        // that connection is dropped, the floor goes on.
+        if let Err(e) = spawned {
+            eprintln!("floor: no thread for a connection: {e}");
+        }
     }
     Ok(())
 }
@@ -72,12 +77,12 @@ fn relay_connection(mut stream: TcpStream, waiting: &Waiting) -> io::Result<()> 
 /// so no socket ever has two writers at once.
 fn pair(key: &[u8], stream: &TcpStream, waiting: &Waiting) -> io::Result<TcpStream> {
     let mine = stream.try_clone()?;
-    let partner = waiting
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(key);
-    match partner {
+    // Looked up and, if absent, registered under one lock: two members
+    // arriving together must not both register (one would never be paired).
+    let mut table = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+    match table.remove(key) {
         Some((mut theirs, tell)) => {
+            drop(table);
             let ack = frame::encode(PAIRED, b"{}");
             theirs.write_all(&ack)?;
             let mut me = mine.try_clone()?;
@@ -88,10 +93,8 @@ fn pair(key: &[u8], stream: &TcpStream, waiting: &Waiting) -> io::Result<TcpStre
         }
         None => {
             let (tx, rx) = mpsc::channel();
-            waiting
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key.to_vec(), (mine, tx));
+            table.insert(key.to_vec(), (mine, tx));
+            drop(table);
             rx.recv().map_err(|_| io::Error::other("never paired"))
         }
     }

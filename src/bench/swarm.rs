@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rustix::buffer::spare_capacity;
 use rustix::event::{Timespec, epoll};
 
-use super::client::{MAX_FRAME, scan_str};
+use super::client::{MAX_FRAME, scan_str, scan_user_list};
 use super::daemon::{SECRET, username};
 use crate::tcp::frame::{self, Decoded};
 use crate::tcp::message::{Credentials, Empty, Hello, MessageType, Request, Resume, ServerMessage};
@@ -134,19 +134,24 @@ impl Conn {
         }
         let mut pos = 0;
         let mut updates = 0;
-        while let Some((decoded, used)) = frame::decode(&self.inbuf[pos..], MAX_FRAME)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            if let Decoded::Frame { kind, payload } = decoded {
-                stats.frames += 1;
-                let payload = payload.to_vec();
-                if kind == MessageType::UserStateUpdate.code() {
-                    updates += 1;
+        let input = std::mem::take(&mut self.inbuf);
+        let handled = (|| {
+            while let Some((decoded, used)) = frame::decode(&input[pos..], MAX_FRAME)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                if let Decoded::Frame { kind, payload } = decoded {
+                    stats.frames += 1;
+                    if kind == MessageType::UserStateUpdate.code() {
+                        updates += 1;
+                    }
+                    self.handle(kind, payload, opts, t0, stats)?;
                 }
-                self.handle(kind, &payload, opts, t0, stats)?;
+                pos += used;
             }
-            pos += used;
-        }
+            Ok::<(), io::Error>(())
+        })();
+        self.inbuf = input;
+        handled?;
         self.inbuf.drain(..pos);
         if updates > 0 {
             stats.updates += updates;
@@ -194,14 +199,14 @@ impl Conn {
                 other => return Err(bad(format!("login refused: {other:?}"))),
             },
             Some(MessageType::Welcome) => {}
-            Some(MessageType::UserListResponse) => match ServerMessage::decode(kind, payload) {
-                Ok(ServerMessage::UserListResponse(list)) => {
-                    for u in list.users.iter().filter(|u| u.state == "Available") {
-                        self.mark_seen(&u.user_id, opts.clients);
+            Some(MessageType::UserListResponse) => {
+                let text = std::str::from_utf8(payload).map_err(|e| bad(e.to_string()))?;
+                scan_user_list(text, |id, state| {
+                    if state == "Available" {
+                        self.mark_seen(id, opts.clients);
                     }
-                }
-                other => return Err(bad(format!("bad user list: {other:?}"))),
-            },
+                });
+            }
             _ => {
                 stats.errors += 1;
             }

@@ -11,12 +11,12 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{info, warn};
 
 use super::fsutil::{replace_atomically, sync_dir};
-use crate::application::{StoreError, UserRecord, UserStore};
+use crate::application::{StoreError, UserListing, UserRecord, UserStore};
 use crate::domain::user::username_key;
 use crate::domain::validate_username;
 use crate::domain::{GUEST_ID_BASE, UserId};
@@ -60,6 +60,8 @@ struct Index {
     /// Names whose registration is being written; taken to everyone else.
     reserved: HashSet<String>,
     next_id: u64,
+    /// What `list` hands out, built on first use after each change.
+    listing: Option<UserListing>,
 }
 
 /// The flat-file [`UserStore`].
@@ -213,6 +215,7 @@ impl UsersFile {
         // opened on the new file before it takes the name.
         *writer = replace_atomically(&self.path, content.as_bytes())?;
         let mut index = lock(&self.index);
+        index.listing = None;
         match new {
             Some(user) => {
                 index.by_id.insert(id, user);
@@ -238,6 +241,7 @@ fn with_hash(user: &UserRecord, hash: &str) -> Option<UserRecord> {
 fn parse(path: &Path, content: &[u8]) -> Result<(Index, usize), LoadError> {
     let mut index = Index {
         next_id: 1,
+        listing: None,
         ..Index::default()
     };
     let keep = match content.last() {
@@ -322,12 +326,18 @@ impl UserStore for UsersFile {
         lock(&self.index).by_id.get(&id).cloned()
     }
 
-    fn list(&self) -> Vec<(UserId, String)> {
-        lock(&self.index)
+    fn list(&self) -> UserListing {
+        let mut index = lock(&self.index);
+        if let Some(listing) = &index.listing {
+            return listing.clone();
+        }
+        let listing: UserListing = index
             .by_id
             .values()
-            .map(|u| (u.id, u.username.clone()))
-            .collect()
+            .map(|u| (u.id, Arc::from(u.username.as_str())))
+            .collect();
+        index.listing = Some(listing.clone());
+        listing
     }
 
     fn set_password_hash_of(&self, id: UserId, hash: &str) -> Result<bool, StoreError> {
@@ -380,6 +390,7 @@ impl UserStore for UsersFile {
             Ok(()) => {
                 index.by_name.insert(key, id);
                 index.by_id.insert(id, record.clone());
+                index.listing = None;
                 Ok(record)
             }
             Err(err) => Err(StoreError::Io(err)),
@@ -421,7 +432,7 @@ mod tests {
         let path = dir.path().join("users.txt");
         fs::write(&path, format!("# c\n1|alice|{HASH}|5\n2|bob|$2b$04$abc")).unwrap();
         let store = UsersFile::open(&path).unwrap();
-        assert_eq!(store.list(), vec![(UserId(1), "alice".to_string())]);
+        assert_eq!(*store.list(), [(UserId(1), Arc::from("alice"))]);
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             format!("# c\n1|alice|{HASH}|5\n")
@@ -492,8 +503,11 @@ mod tests {
         let again = UsersFile::open(&path).unwrap();
         assert_eq!(again.find_by_name("alice").unwrap().password_hash, other);
         assert_eq!(
-            again.list(),
-            vec![(UserId(1), "alice".into()), (UserId(3), "carol".into())]
+            *again.list(),
+            [
+                (UserId(1), Arc::from("alice")),
+                (UserId(3), Arc::from("carol"))
+            ]
         );
         assert!(!dir.path().join("users.txt.tmp").exists());
         // The highest id deleted is not given out again, even after a reload.

@@ -13,10 +13,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::info;
 
 use super::connection::{Connection, Session};
+use super::frame;
 use super::message::{
     AccountDelete, AuthResponse, Credentials, GuestLogin, Heartbeat, Hello, IceServerEntry,
-    IceServerList, LogoutResponse, PasswordChange, ReqId, Request, Resume, ServerMessage,
-    SessionOutcome, UserEntry, UserList, Welcome,
+    IceServerList, LogoutResponse, MessageType, PasswordChange, ReqId, Request, Resume,
+    ServerMessage, SessionOutcome, UserEntryView, UserListView, Welcome,
 };
 use crate::application::hub::{Resumed, SessionKind};
 use crate::application::{AppError, IceServers, SessionEnd, Signal, UserRecord};
@@ -152,19 +153,24 @@ impl Connection {
                 self.delete_account(user, d).map(Some)
             }
             Request::UserList(e) => {
-                let users = hub
+                let users: Vec<UserEntryView> = hub
                     .user_list()
                     .into_iter()
-                    .map(|(id, username, state)| UserEntry {
-                        user_id: id.to_string(),
+                    .map(|(user_id, username, state)| UserEntryView {
+                        user_id,
                         username,
-                        state: state.as_str().to_string(),
+                        state,
                     })
                     .collect();
-                Ok(Some(ServerMessage::UserListResponse(UserList {
-                    users,
-                    req_id: e.req_id,
-                })))
+                let view = UserListView {
+                    users: &users,
+                    req_id: e.req_id.as_ref(),
+                };
+                self.reply_frame(
+                    MessageType::UserListResponse,
+                    &frame::encode_json(MessageType::UserListResponse.code(), &view),
+                );
+                Ok(None)
             }
             Request::Call(c) => {
                 let callee = UserId::parse(&c.to_user_id)

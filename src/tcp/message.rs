@@ -160,6 +160,11 @@ fn parse_payload<T: DeserializeOwned>(kind: MessageType, text: &str) -> Result<T
             kind.name()
         ));
     }
+    // The common case parses once; only a failure is parsed again to name
+    // the field at fault (the path tracking costs on every field).
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -588,6 +593,55 @@ pub struct UserEntry {
     pub state: String,
 }
 
+/// USER_LIST_RESPONSE as the server writes it: borrowed from the hub's list,
+/// so a list of thousands of users is encoded without a string per entry.
+/// Encodes exactly as [`UserList`].
+#[derive(Serialize)]
+pub struct UserListView<'a> {
+    pub users: &'a [UserEntryView],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<&'a ReqId>,
+}
+
+/// One entry of [`UserListView`].
+pub struct UserEntryView {
+    pub user_id: crate::domain::UserId,
+    pub username: std::sync::Arc<str>,
+    pub state: crate::domain::UserState,
+}
+
+impl Serialize for UserEntryView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut entry = s.serialize_struct("UserEntry", 3)?;
+        entry.serialize_field("user_id", &DigitString(self.user_id.0))?;
+        entry.serialize_field("username", &*self.username)?;
+        entry.serialize_field("state", self.state.as_str())?;
+        entry.end()
+    }
+}
+
+/// A number written as a JSON string of its digits, without an allocation.
+struct DigitString(u64);
+
+impl Serialize for DigitString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 20];
+        let mut n = self.0;
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // Only ASCII digits were written.
+        s.serialize_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserList {
     pub users: Vec<UserEntry>,
@@ -949,6 +1003,52 @@ mod tests {
         })
         .to_frame();
         assert!(String::from_utf8_lossy(&frame).contains(r#""sdp_mid":null"#));
+    }
+
+    /// The borrowed USER_LIST_RESPONSE the server sends encodes byte for byte
+    /// like the owned one clients decode.
+    #[test]
+    fn the_user_list_view_encodes_like_the_owned_list() {
+        use crate::domain::{UserId, UserState};
+        let view = [
+            UserEntryView {
+                user_id: UserId(1),
+                username: "alice".into(),
+                state: UserState::Available,
+            },
+            UserEntryView {
+                user_id: UserId(u64::MAX),
+                username: "bo.b_-9".into(),
+                state: UserState::Disconnected,
+            },
+            UserEntryView {
+                user_id: UserId(0),
+                username: "carol (guest)".into(),
+                state: UserState::Busy,
+            },
+        ];
+        let owned = UserList {
+            users: view
+                .iter()
+                .map(|e| UserEntry {
+                    user_id: e.user_id.to_string(),
+                    username: e.username.to_string(),
+                    state: e.state.as_str().into(),
+                })
+                .collect(),
+            req_id: Some(ReqId::Int(4)),
+        };
+        let req_id = ReqId::Int(4);
+        assert_eq!(
+            frame::encode_json(
+                MessageType::UserListResponse.code(),
+                &UserListView {
+                    users: &view,
+                    req_id: Some(&req_id),
+                }
+            ),
+            ServerMessage::UserListResponse(owned).to_frame()
+        );
     }
 
     /// Error text never carries a double quote, which the v1 client's search would stop at.

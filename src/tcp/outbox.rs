@@ -21,6 +21,9 @@ use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
 
+/// Queue slots an empty queue keeps; a larger ring is released.
+const KEEP_SLOTS: usize = 64;
+
 /// An encoded frame, shared by every recipient of a broadcast.
 pub type Frame = Arc<[u8]>;
 
@@ -146,6 +149,9 @@ impl Outbox {
     /// Returns the close request, if any, once the queue is empty.
     pub fn take_into(&self, out: &mut Vec<u8>, budget: usize, metrics: &Metrics) -> Drained {
         let mut queue = lock(&self.queue);
+        // One allocation for the whole batch rather than a doubling per frame.
+        let want = queue.bytes.min(budget.saturating_sub(out.len()));
+        out.reserve(want);
         while out.len() < budget {
             let Some(frame) = queue.frames.pop_front() else {
                 break;
@@ -155,6 +161,11 @@ impl Outbox {
                 Metrics::count(&metrics.frames_out[usize::from(*kind)]);
             }
             out.extend_from_slice(&frame);
+        }
+        // A burst (a presence storm) can grow the ring to thousands of slots;
+        // an idle connection should not keep them.
+        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_SLOTS {
+            queue.frames = VecDeque::new();
         }
         Drained {
             more: !queue.frames.is_empty(),

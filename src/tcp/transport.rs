@@ -64,6 +64,29 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Reads what is available onto the end of `buf`, at most about `chunk`
+    /// bytes more. Plain TCP reads straight into the vector's spare capacity:
+    /// no zeroed scratch buffer, no copy. TLS decrypts through a scratch chunk.
+    pub fn read_append(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => {
+                buf.reserve(chunk);
+                rustix::io::read(&*s, rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
+            }
+            Transport::Tls(s) => {
+                let mut scratch = [0u8; TLS_CHUNK];
+                let n = s.read(&mut scratch)?;
+                buf.extend_from_slice(&scratch[..n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Decrypted bytes taken per TLS read (the largest TLS record's plaintext).
+const TLS_CHUNK: usize = 16 * 1024;
+
 impl AsFd for Transport {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.tcp().as_fd()
