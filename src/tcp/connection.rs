@@ -43,7 +43,7 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Buffers larger than this are released once empty: an idle connection keeps
 /// at most this much, however large a burst it last wrote (9,000 idle
 /// connections that each kept a presence storm's 64 KiB held 74 KiB of RSS each).
-const KEEP_CAPACITY: usize = 4 * 1024;
+const KEEP_CAPACITY: usize = 1024;
 
 /// Who is on the other end.
 #[derive(Debug, Clone, PartialEq, Eq)]
