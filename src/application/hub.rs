@@ -103,6 +103,8 @@ impl Session {
 
 /// How long a presence change may wait to be broadcast with others.
 pub const PRESENCE_BATCH: Duration = Duration::from_millis(10);
+/// The most frames one timed flush queues (updates times recipients).
+const FLUSH_PUSHES: usize = 32 * 1024;
 
 #[derive(Debug)]
 struct HubState {
@@ -141,11 +143,21 @@ impl PendingPresence {
     }
 
     fn take(&mut self) -> Vec<(UserId, Notice)> {
-        let mut latest = std::mem::take(&mut self.latest);
-        std::mem::take(&mut self.order)
+        self.take_first(usize::MAX)
+    }
+
+    /// The first `limit` pending changes, in order; the rest stay pending.
+    fn take_first(&mut self, limit: usize) -> Vec<(UserId, Notice)> {
+        let rest = if limit < self.order.len() {
+            self.order.split_off(limit)
+        } else {
+            Vec::new()
+        };
+        let first = std::mem::replace(&mut self.order, rest);
+        first
             .into_iter()
             .filter_map(|user| {
-                let (username, state) = latest.remove(&user)?;
+                let (username, state) = self.latest.remove(&user)?;
                 debug!("presence user_id={user} state={state}");
                 Some((
                     user,
@@ -1059,7 +1071,13 @@ impl Hub {
         let mut pending = lock(&self.delivery);
         // Whatever is said next comes after the presence changes before it.
         let flush = urgent && !pending.is_empty();
-        let audience = if flush { state.audience() } else { Vec::new() };
+        // Once stopping, the timer is gone: nothing waits for a batch.
+        let now_too = state.stopping && !(changed.is_empty() && pending.is_empty());
+        let audience = if flush || now_too {
+            state.audience()
+        } else {
+            Vec::new()
+        };
         let mut wake = out.wake_timer;
         if !changed.is_empty() && state.presence_due.is_none() {
             state.presence_due = Some(Instant::now() + PRESENCE_BATCH);
@@ -1081,17 +1099,171 @@ impl Hub {
         for (user, username, presence) in changed {
             pending.add(user, username, presence);
         }
+        if now_too {
+            self.notifier.notify_each(&audience, pending.take());
+        }
         drop(pending);
     }
 
     /// Broadcasts the pending presence batch (the timer calls it when due).
+    /// One flush queues at most [`FLUSH_PUSHES`] frames in all, so that commits
+    /// (which wait for the delivery lock while holding the state lock) are not
+    /// held up behind a huge batch; the rest goes out at once after.
     fn flush_presence(&self) {
         let mut state = lock(&self.state);
         state.presence_due = None;
         let audience = state.audience();
         let mut pending = lock(&self.delivery);
+        let limit = (FLUSH_PUSHES / audience.len().max(1)).max(1);
+        let batch = pending.take_first(limit);
+        if !pending.is_empty() {
+            state.presence_due = Some(Instant::now());
+        }
         drop(state);
-        let batch = pending.take();
         self.notifier.notify_each(&audience, batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::application::StoreError;
+    use crate::application::ports::UserListing;
+
+    /// What each connection was told, as `Debug` text.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(ConnId, String)>>);
+
+    impl Recorder {
+        fn told(&self, conn: ConnId) -> Vec<String> {
+            let seen = self.0.lock().unwrap();
+            seen.iter()
+                .filter(|(c, _)| *c == conn)
+                .map(|(_, n)| n.clone())
+                .collect()
+        }
+    }
+
+    impl Notifier for Recorder {
+        fn notify(&self, to: ConnId, notice: Notice) {
+            self.0.lock().unwrap().push((to, format!("{notice:?}")));
+        }
+        fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>) {
+            for (reader, conn) in audience {
+                for (user, notice) in &about {
+                    if user != reader {
+                        self.notify(*conn, notice.clone());
+                    }
+                }
+            }
+        }
+        fn end_session(&self, conn: ConnId, why: SessionEnd) {
+            self.notify(conn, Notice::SessionEnded(why));
+        }
+    }
+
+    /// Every id below the guest range exists.
+    struct AnyUser;
+
+    impl UserStore for AnyUser {
+        fn find_by_name(&self, _: &str) -> Option<UserRecord> {
+            None
+        }
+        fn find_by_id(&self, id: UserId) -> Option<UserRecord> {
+            Some(record(id.0))
+        }
+        fn list(&self) -> UserListing {
+            Arc::from([])
+        }
+        fn create(&self, _: &str, _: &str, _: u64) -> Result<UserRecord, StoreError> {
+            Err(StoreError::Conflict)
+        }
+        fn set_password_hash_of(&self, _: UserId, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn delete_user(&self, _: UserId) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    fn record(id: u64) -> UserRecord {
+        UserRecord {
+            id: UserId(id),
+            username: format!("user{id}"),
+            password_hash: String::new(),
+            created_at: 0,
+        }
+    }
+
+    /// A hub without its timer: batches go out only when something sends them.
+    fn hub() -> (Hub, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let settings = HubSettings {
+            ringing_timeout: Duration::from_secs(30),
+            hold: HoldLimits {
+                grace: Duration::from_secs(15),
+                max_frames: 16,
+                max_bytes: 64 * 1024,
+            },
+        };
+        let hub = Hub::new(
+            recorder.clone(),
+            Arc::new(AnyUser),
+            settings,
+            Arc::new(Metrics::default()),
+        );
+        (hub, recorder)
+    }
+
+    fn presence(told: &[String]) -> Vec<&String> {
+        told.iter().filter(|n| n.starts_with("Presence")).collect()
+    }
+
+    /// A user who leaves and comes back within one batch is reported once,
+    /// with the state they ended in.
+    #[test]
+    fn a_batch_reports_each_user_once_with_the_latest_state() {
+        let (hub, told) = hub();
+        hub.login(ConnId(1), &record(1), SessionKind::default())
+            .unwrap();
+        hub.flush_presence();
+        hub.login(ConnId(2), &record(2), SessionKind::default())
+            .unwrap();
+        hub.logout(ConnId(2), UserId(2)).unwrap();
+        hub.login(ConnId(3), &record(2), SessionKind::default())
+            .unwrap();
+        assert!(
+            presence(&told.told(ConnId(1))).is_empty(),
+            "batched, not sent yet"
+        );
+        hub.flush_presence();
+        let seen = told.told(ConnId(1));
+        let seen = presence(&seen);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("UserId(2)") && seen[0].contains("Available"),
+            "{seen:?}"
+        );
+    }
+
+    /// Stopping sends what is pending and what the stop itself changes: no
+    /// timer is left to send it later.
+    #[test]
+    fn stopping_sends_the_pending_batch() {
+        let (hub, told) = hub();
+        hub.login(ConnId(1), &record(1), SessionKind::default())
+            .unwrap();
+        hub.login(ConnId(2), &record(2), SessionKind::default())
+            .unwrap();
+        hub.flush_presence();
+        hub.logout(ConnId(2), UserId(2)).unwrap();
+        hub.stop();
+        let seen = told.told(ConnId(1));
+        let seen = presence(&seen);
+        assert!(
+            seen.iter()
+                .any(|n| n.contains("UserId(2)") && n.contains("Disconnected")),
+            "{seen:?}"
+        );
     }
 }

@@ -146,6 +146,8 @@ pub enum SessionEnd {
     GuestExpired,
     /// The account was deleted.
     AccountDeleted,
+    /// The user logged out elsewhere while this session was being resumed.
+    LoggedOut,
 }
 
 /// Something a connection is told without having asked for it.

@@ -213,6 +213,9 @@ impl SessionStore for RevocationFile {
         let mut file = lock(&self.writer);
         // Only revocations change generations, and they hold the writer.
         let next = self.generation(user) + 1;
+        // In force before it is on disk: a RESUME checked meanwhile must fail.
+        // Should the write fail, it stays in force until a restart (fail closed).
+        lock(&self.generations).insert(user, next);
         let line = format!("{user} {next}\n");
         let before = file.metadata()?.len();
         let written = file
@@ -233,7 +236,6 @@ impl SessionStore for RevocationFile {
             }
             return Err(err);
         }
-        lock(&self.generations).insert(user, next);
         Ok(next)
     }
 }

@@ -238,7 +238,13 @@ impl Connection {
                 if !user.is_guest() {
                     self.shared.tokens.revoke_all(user)?;
                 }
-                hub.logout(conn, user)?;
+                if let Err(err) = hub.logout(conn, user) {
+                    // A RESUME took the session over while the tokens were
+                    // being revoked: a session opened by a revoked token must
+                    // not outlive the LOGOUT.
+                    hub.end_user(user, SessionEnd::LoggedOut, Some(conn));
+                    return Err(err);
+                }
                 info!("logout conn={} user_id={}", conn, user);
                 self.end_session();
                 Ok(Some(ServerMessage::LogoutResponse(LogoutResponse {

@@ -35,6 +35,7 @@ pub enum CloseReason {
     ShuttingDown,
     GuestExpired,
     AccountDeleted,
+    LoggedOut,
 }
 
 impl CloseReason {
@@ -45,6 +46,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::GuestExpired => "guest session expired",
             CloseReason::AccountDeleted => "account deleted",
+            CloseReason::LoggedOut => "logged out elsewhere",
         }
     }
 }
@@ -337,6 +339,7 @@ fn close_reason(why: SessionEnd) -> CloseReason {
         SessionEnd::ShuttingDown => CloseReason::ShuttingDown,
         SessionEnd::GuestExpired => CloseReason::GuestExpired,
         SessionEnd::AccountDeleted => CloseReason::AccountDeleted,
+        SessionEnd::LoggedOut => CloseReason::LoggedOut,
     }
 }
 
@@ -346,6 +349,7 @@ fn session_end_message(why: SessionEnd) -> ServerMessage {
         SessionEnd::ShuttingDown => ServerMessage::error(503, "server shutting down", None),
         SessionEnd::GuestExpired => ServerMessage::error(401, "guest session expired", None),
         SessionEnd::AccountDeleted => ServerMessage::error(401, "account deleted", None),
+        SessionEnd::LoggedOut => ServerMessage::error(401, "logged out elsewhere", None),
     }
 }
 
