@@ -104,7 +104,7 @@ impl Session {
 /// How long a presence change may wait to be broadcast with others.
 pub const PRESENCE_BATCH: Duration = Duration::from_millis(10);
 /// The most frames one timed flush queues (updates times recipients).
-const FLUSH_PUSHES: usize = 32 * 1024;
+const FLUSH_PUSHES: usize = 1 << 20;
 
 #[derive(Debug)]
 struct HubState {
