@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Makes a rename or a new file in `dir` survive a crash.
@@ -26,6 +27,16 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// # Errors
 /// Any I/O failure; the original file is then untouched.
 pub fn replace_atomically(path: &Path, content: &[u8]) -> io::Result<File> {
+    replace_atomically_with_mode(path, content, 0o666)
+}
+
+/// [`replace_atomically`] with the new file's permission bits (before the
+/// umask): 0o600 for a secret, which then is never readable by others, not
+/// even while it is being written.
+///
+/// # Errors
+/// As [`replace_atomically`].
+pub fn replace_atomically_with_mode(path: &Path, content: &[u8], mode: u32) -> io::Result<File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
@@ -36,6 +47,7 @@ pub fn replace_atomically(path: &Path, content: &[u8]) -> io::Result<File> {
         let mut file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)?;
         file.write_all(content)?;
         file.sync_all()?;

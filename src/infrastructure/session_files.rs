@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use log::{info, warn};
 
-use super::fsutil::{replace_atomically, sync_dir};
+use super::fsutil::{replace_atomically, replace_atomically_with_mode};
 use crate::application::SessionStore;
 use crate::domain::UserId;
 
@@ -83,37 +83,12 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; SECRET_LEN], SessionFil
             let mut secret = [0u8; SECRET_LEN];
             getrandom::fill(&mut secret)
                 .map_err(|e| io_err(io::Error::other(format!("no random bytes: {e}"))))?;
-            write_private(path, &secret).map_err(io_err)?;
+            replace_atomically_with_mode(path, &secret, 0o600).map_err(io_err)?;
             info!("created session secret path={}", path.display());
             Ok(secret)
         }
         Err(err) => Err(io_err(err)),
     }
-}
-
-/// Writes a new file readable only by its owner, synced, under its final name
-/// only once complete.
-fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The revocation journal, a [`SessionStore`]. Token checks read the
