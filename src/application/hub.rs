@@ -530,23 +530,17 @@ impl Hub {
         kind: SessionKind,
     ) -> Result<Resumed, AppError> {
         let mut state = self.lock_for_login(user.id)?;
-        let overflowed = state
+        // A call to go on with: the user's, unless the hold overflowed.
+        let call = state.calls.call_of(user.id).copied();
+        let session = state
             .online
-            .get(&user.id)
-            .and_then(|s| s.detached.as_ref())
-            .is_some_and(|gap| gap.overflowed);
-        let Some(call) = state.calls.call_of(user.id).copied() else {
-            drop(state);
-            return self.login(conn, user, kind).map(|()| Resumed::Fresh);
+            .get_mut(&user.id)
+            .filter(|s| !s.detached.as_ref().is_some_and(|gap| gap.overflowed));
+        let (Some(call), Some(session)) = (call, session) else {
+            self.login_locked(state, conn, user, kind);
+            return Ok(Resumed::Fresh);
         };
-        if overflowed || !state.online.contains_key(&user.id) {
-            drop(state);
-            return self.login(conn, user, kind).map(|()| Resumed::Fresh);
-        }
         let mut out = Outgoing::default();
-        let Some(session) = state.online.get_mut(&user.id) else {
-            unreachable!("checked above");
-        };
         let old_conn = std::mem::replace(&mut session.conn, conn);
         session.kind = kind;
         let held = session.detached.take();

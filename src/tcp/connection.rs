@@ -63,6 +63,8 @@ pub struct Connection {
     opened: Instant,
     /// Why the connection ended; `None` while running (or if a handler panicked).
     end_reason: Option<String>,
+    /// `run` has left the hub already (Drop does it after a panic).
+    left_hub: bool,
     pub(super) shared: Arc<Shared>,
     pub(super) session: Session,
     /// 1 until the client says HELLO with a higher version: a v1 client sees
@@ -110,6 +112,7 @@ impl Connection {
             peer,
             opened,
             end_reason: None,
+            left_hub: false,
             shared,
             session: Session::Anonymous,
             protocol: 1,
@@ -148,6 +151,7 @@ impl Connection {
         // session keeps it for a RESUME) rather than into this outbox.
         if let Some(user) = self.user() {
             self.shared.hub.disconnect(self.id, user);
+            self.left_hub = true;
         }
         self.transport.close(LINGER);
         self.end_reason = Some(reason);
@@ -536,7 +540,7 @@ impl Drop for Connection {
     /// Leaves the hub (ending any call, broadcasting presence) if `run` did not
     /// get to it (a handler panicked), and logs the close line.
     fn drop(&mut self) {
-        if let Some(user) = self.user() {
+        if let Some(user) = self.user().filter(|_| !self.left_hub) {
             self.shared.hub.disconnect(self.id, user);
         }
         let user = match &self.session {

@@ -603,6 +603,15 @@ pub struct UserListView<'a> {
     pub req_id: Option<&'a ReqId>,
 }
 
+/// A user id as a JSON string of its digits, without an allocation.
+struct Digits(crate::domain::UserId);
+
+impl Serialize for Digits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 /// One entry of [`UserListView`].
 pub struct UserEntryView {
     pub user_id: crate::domain::UserId,
@@ -614,31 +623,11 @@ impl Serialize for UserEntryView {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut entry = s.serialize_struct("UserEntry", 3)?;
-        entry.serialize_field("user_id", &DigitString(self.user_id.0))?;
+        // collect_str writes the digits straight into the output, quoted.
+        entry.serialize_field("user_id", &Digits(self.user_id))?;
         entry.serialize_field("username", &*self.username)?;
         entry.serialize_field("state", self.state.as_str())?;
         entry.end()
-    }
-}
-
-/// A number written as a JSON string of its digits, without an allocation.
-struct DigitString(u64);
-
-impl Serialize for DigitString {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 20];
-        let mut n = self.0;
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        // Only ASCII digits were written.
-        s.serialize_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"))
     }
 }
 
