@@ -112,6 +112,8 @@ struct HubState {
     calls: CallBook,
     /// Session deadlines (guest expiry, end of a hold), for the timer.
     deadlines: BTreeSet<(Instant, UserId)>,
+    /// The guests among `online`, in id order (user lists, name checks).
+    guests: BTreeSet<UserId>,
     /// When the pending presence batch must go out, if one is pending.
     presence_due: Option<Instant>,
     stopping: bool,
@@ -240,12 +242,16 @@ impl HubState {
         if let Some(deadline) = session.deadline() {
             self.deadlines.remove(&(deadline, user));
         }
+        self.guests.remove(&user);
         Some(session)
     }
 
     fn insert_session(&mut self, user: UserId, session: Session) {
         if let Some(deadline) = session.deadline() {
             self.deadlines.insert((deadline, user));
+        }
+        if user.is_guest() {
+            self.guests.insert(user);
         }
         self.online.insert(user, session);
     }
@@ -362,6 +368,7 @@ impl Hub {
                 online: HashMap::new(),
                 calls: CallBook::new(first_call_id),
                 deadlines: BTreeSet::new(),
+                guests: BTreeSet::new(),
                 presence_due: None,
                 stopping: false,
             }),
@@ -393,7 +400,7 @@ impl Hub {
                 .values()
                 .filter(|s| s.detached.is_some())
                 .count(),
-            guests: state.online.keys().filter(|u| u.is_guest()).count(),
+            guests: state.guests.len(),
         }
     }
 
@@ -485,10 +492,12 @@ impl Hub {
             guest_until: Some(until),
         };
         let state = self.lock_for_login(id)?;
-        let taken = state
-            .online
-            .iter()
-            .any(|(id, s)| id.is_guest() && s.username.eq_ignore_ascii_case(&guest.username));
+        let taken = state.guests.iter().any(|id| {
+            state
+                .online
+                .get(id)
+                .is_some_and(|s| s.username.eq_ignore_ascii_case(&guest.username))
+        });
         if taken {
             return Err(AppError::Conflict(
                 "another guest is using that name; choose another display_name".into(),
@@ -833,14 +842,11 @@ impl Hub {
     pub fn user_list(&self) -> Vec<(UserId, Arc<str>, UserState)> {
         let users = self.users.list();
         let state = lock(&self.state);
-        let mut guests: Vec<_> = state
-            .online
-            .iter()
-            .filter(|(id, _)| id.is_guest())
-            .map(|(id, s)| (*id, s.username.clone(), state.presence(*id)))
-            .collect();
-        guests.sort_unstable_by_key(|g| g.0);
-        let mut list = Vec::with_capacity(users.len() + guests.len());
+        let guests = state.guests.iter().filter_map(|id| {
+            let session = state.online.get(id)?;
+            Some((*id, session.username.clone(), state.presence(*id)))
+        });
+        let mut list = Vec::with_capacity(users.len() + state.guests.len());
         list.extend(
             users
                 .iter()
