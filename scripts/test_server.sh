@@ -5,6 +5,7 @@
 # through named pipes. Needs bash, grep and sed; nothing else.
 #
 # Uses target/debug (or $CARGO_TARGET_DIR/debug) after `cargo build --locked --bins`;
+# SWITCHBOARD_PROFILE=release uses target/release (scripts/test.sh does);
 # SWITCHBOARD_SKIP_BUILD=1 skips the build and uses what is there.
 set -euo pipefail
 
@@ -14,9 +15,15 @@ if [[ -n "${CARGO_TARGET_DIR:-}" && "${CARGO_TARGET_DIR}" != /* ]]; then
   export CARGO_TARGET_DIR
 fi
 cd "$(dirname "$0")/.."
-bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+profile="${SWITCHBOARD_PROFILE:-debug}"
+case "$profile" in
+  debug) profile_flag=() ;;
+  release) profile_flag=(--release) ;;
+  *) echo "test_server.sh: SWITCHBOARD_PROFILE must be debug or release, not '$profile'" >&2; exit 2 ;;
+esac
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/$profile"
 if [[ -z "${SWITCHBOARD_SKIP_BUILD:-}" ]]; then
-  cargo build --locked --bins --quiet
+  cargo build --locked --bins --quiet "${profile_flag[@]}"
 fi
 server_bin="$bin_dir/switchboard"
 cli_bin="$bin_dir/switchboard-cli"

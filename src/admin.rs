@@ -4,7 +4,7 @@
 //! client connection.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -40,7 +40,16 @@ impl Drop for AdminHandle {
 /// # Errors
 /// If the address cannot be bound or the thread cannot start.
 pub fn start(addr: SocketAddr, observer: Observer) -> io::Result<AdminHandle> {
-    let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
+    start_on(TcpListener::bind(addr)?, observer)
+}
+
+/// Serves health and metrics for `observer` on a listener already bound (the
+/// daemon binds every listener before it writes to the data directory).
+///
+/// # Errors
+/// If the thread cannot start.
+pub fn start_on(listener: TcpListener, observer: Observer) -> io::Result<AdminHandle> {
+    let server = Arc::new(Server::from_listener(listener, None).map_err(io::Error::other)?);
     let addr = server
         .server_addr()
         .to_ip()
@@ -57,9 +66,16 @@ pub fn start(addr: SocketAddr, observer: Observer) -> io::Result<AdminHandle> {
     })
 }
 
+/// The path of a request target, without its query string or fragment.
+fn route_path(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
 fn serve(server: &Server, observer: &Observer) {
     for request in server.incoming_requests() {
-        let (status, body, content_type) = match (request.method(), request.url()) {
+        // Probes and scrapers add query strings (`/healthz?probe=1`); the path alone routes.
+        let path = route_path(request.url());
+        let (status, body, content_type) = match (request.method(), path) {
             (Method::Get | Method::Head, "/healthz") => {
                 if observer.is_draining() {
                     (503, "draining\n".to_string(), "text/plain; charset=utf-8")

@@ -1,10 +1,18 @@
 //! The composition root: configuration in, a running server out.
+//!
+//! Start-up order: everything that can be checked without writing (the TLS
+//! identity, then binding every listener) comes before anything is written to
+//! the data directory, so a daemon that cannot serve leaves no files behind.
+//! Only then the data directory is created and locked, storage opened, and
+//! the admin socket created.
 
 use std::fmt;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::admin::{self, AdminHandle};
@@ -13,16 +21,26 @@ use crate::application::hub::HoldLimits;
 use crate::application::{IceSettings, UserStore};
 use crate::config::{Config, LimitsConfig};
 use crate::domain::limits::BackoffPolicy;
+use crate::infrastructure::admin_socket::{self, ADMIN_SOCKET_FILE, AdminSocket, SocketError};
 use crate::infrastructure::{
-    DataDirLock, LoadError, LockError, RevocationFile, SessionFileError, UsersFile,
+    DataDirLock, LoadError, LockError, RevocationFile, Role, SessionFileError, UsersFile,
     load_or_create_secret,
 };
 use crate::tcp::{
     Limits, Server, ServerHandle, SessionSettings, Settings, Storage, TlsError, build_acceptor,
 };
 
+/// Which listener a bind failure is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The clients' port (server.bind_address, server.port).
+    Clients,
+    /// The admin HTTP listener (admin.bind_address).
+    AdminHttp,
+}
+
 /// Why the daemon did not start. [`StartError::exit_code`] maps it to the
-/// documented exit codes.
+/// documented exit codes. Each message says what is wrong and what to do.
 #[derive(Debug)]
 pub enum StartError {
     /// The TLS identity could not be loaded (a configuration problem).
@@ -31,15 +49,19 @@ pub enum StartError {
     Data(LoadError),
     /// The session secret or the revocation journal is unusable.
     Sessions(SessionFileError),
-    /// Another process holds the data directory.
+    /// The data directory cannot be used: it cannot be created, is a file, or
+    /// another process holds it.
     Locked(LockError),
-    /// The address could not be bound.
+    /// A listener's address could not be bound.
     Bind {
+        listener: Listener,
         addr: SocketAddr,
-        err: std::io::Error,
+        err: io::Error,
     },
+    /// The admin socket could not be created in the data directory.
+    AdminSocket(SocketError),
     /// Anything else the operating system refused (threads, settings).
-    Io(std::io::Error),
+    Io(io::Error),
 }
 
 impl StartError {
@@ -50,8 +72,41 @@ impl StartError {
             | StartError::Sessions(_)
             | StartError::Locked(_)
             | StartError::Bind { .. }
+            | StartError::AdminSocket(_)
             | StartError::Io(_) => 1,
         }
+    }
+}
+
+/// The operating system's text for `err`, without its "(os error N)" suffix.
+fn os_text(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+/// What to do about a listener that could not be bound.
+fn bind_hint(listener: Listener, err: &io::Error) -> &'static str {
+    match (listener, err.kind()) {
+        (Listener::Clients, io::ErrorKind::AddrInUse) => {
+            "another program uses that port; stop it or choose another port (--port, server.port)"
+        }
+        (Listener::AdminHttp, io::ErrorKind::AddrInUse) => {
+            "another program uses that port; choose another port (--admin-bind, admin.bind_address)"
+        }
+        (Listener::Clients, io::ErrorKind::AddrNotAvailable) => {
+            "that address is not one of this machine's; choose another (--bind, server.bind_address)"
+        }
+        (Listener::AdminHttp, io::ErrorKind::AddrNotAvailable) => {
+            "that address is not one of this machine's; choose another (--admin-bind, admin.bind_address)"
+        }
+        (_, io::ErrorKind::PermissionDenied) => {
+            "ports below 1024 need privileges; choose a port above 1023 or grant the daemon CAP_NET_BIND_SERVICE"
+        }
+        (Listener::Clients, _) => "check --bind and --port (server.bind_address, server.port)",
+        (Listener::AdminHttp, _) => "check --admin-bind (admin.bind_address)",
     }
 }
 
@@ -61,8 +116,24 @@ impl fmt::Display for StartError {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Data(e) => write!(f, "cannot load users: {e}"),
             StartError::Sessions(e) => write!(f, "cannot load session state: {e}"),
-            StartError::Locked(e) => write!(f, "cannot use the data directory: {e}"),
-            StartError::Bind { addr, err } => write!(f, "cannot listen on {addr}: {err}"),
+            StartError::Locked(e) => write!(f, "{e}"),
+            StartError::Bind {
+                listener,
+                addr,
+                err,
+            } => {
+                let what = match listener {
+                    Listener::Clients => "clients (server.bind_address, server.port)",
+                    Listener::AdminHttp => "the admin HTTP listener (admin.bind_address)",
+                };
+                write!(
+                    f,
+                    "cannot listen for {what} on {addr}: {}; {}",
+                    os_text(err),
+                    bind_hint(*listener, err)
+                )
+            }
+            StartError::AdminSocket(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "cannot start: {e}"),
         }
     }
@@ -70,71 +141,150 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A running daemon: the server, the admin listener if configured, and the
-/// data-directory lock, held until it stops.
+/// A running daemon: the server, the admin listener if configured, the admin
+/// socket, and the data-directory lock, held until it stops.
 pub struct Running {
     pub server: ServerHandle,
     pub admin: Option<AdminHandle>,
+    admin_socket: Option<AdminSocket>,
+    // Declared last: dropped after everything else (the socket file is
+    // removed while the directory is still ours).
     _lock: DataDirLock,
 }
 
 impl Running {
-    /// Assembles a running daemon from its parts (tests build servers on their own stores).
+    /// Assembles a running daemon from its parts (tests build servers on their
+    /// own stores); it has no admin socket.
     pub fn new(server: ServerHandle, admin: Option<AdminHandle>, lock: DataDirLock) -> Running {
         Running {
             server,
             admin,
+            admin_socket: None,
             _lock: lock,
         }
+    }
+
+    /// Where `switchboard user` reaches this daemon, if it can.
+    pub fn admin_socket_path(&self) -> Option<&Path> {
+        self.admin_socket.as_ref().map(AdminSocket::path)
     }
 
     /// Drains (see [`ServerHandle::shutdown`]) and releases everything.
     /// Returns whether every connection closed within `drain`.
     pub fn shutdown(self, drain: std::time::Duration) -> bool {
-        // The admin listener stays up while draining, so /healthz says 503.
+        // The admin listener stays up while draining, so /healthz says 503;
+        // the admin socket too, so operators are not refused meanwhile.
         let Running {
             server,
             admin,
+            admin_socket,
             _lock,
         } = self;
         let clean = server.shutdown(drain);
         drop(admin);
+        drop(admin_socket);
         clean
     }
 }
 
-/// Takes the data directory, loads the TLS identity and users.txt, binds, and
-/// starts serving (and the admin listener, if configured).
+/// The admin socket of `data_dir`.
+pub fn admin_socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADMIN_SOCKET_FILE)
+}
+
+/// Loads the TLS identity, binds every listener, then takes the data
+/// directory (creating it), loads users.txt and the session files, starts
+/// serving, and opens the admin HTTP listener (if configured) and the admin
+/// socket.
 ///
 /// # Errors
-/// See [`StartError`]; nothing is bound unless everything before it succeeded.
+/// See [`StartError`]. Nothing is written to the data directory unless the
+/// TLS identity loads and every listener is bound.
 pub fn start(config: &Config) -> Result<Running, StartError> {
-    let lock = DataDirLock::acquire(&config.data_dir).map_err(StartError::Locked)?;
     let tls = match &config.tls {
         Some(identity) => Some(build_acceptor(identity).map_err(StartError::Tls)?),
         None => None,
     };
+    // Bound before the data directory is touched; nothing accepts yet.
+    let addr = SocketAddr::new(config.bind_address, config.port);
+    let listener = bind_listener(addr).map_err(|err| clients_bind_error(config, addr, err))?;
+    let admin_listener = match config.admin_bind {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|err| StartError::Bind {
+            listener: Listener::AdminHttp,
+            addr,
+            err,
+        })?),
+        None => None,
+    };
+    let lock = DataDirLock::acquire(&config.data_dir).map_err(StartError::Locked)?;
     let storage = open_storage(config)?;
     warn_if_descriptors_short(config.max_connections);
-    let addr = SocketAddr::new(config.bind_address, config.port);
-    let listener = bind_listener(addr).map_err(|err| StartError::Bind { addr, err })?;
     if let Ok(bound) = listener.local_addr() {
         info!("listening on {bound}");
     }
     let server = Server::new(listener, settings(config, tls), storage).map_err(StartError::Io)?;
     let server = server.start().map_err(StartError::Io)?;
-    let admin = match config.admin_bind {
-        Some(addr) => Some(
-            admin::start(addr, server.observer()).map_err(|err| StartError::Bind { addr, err })?,
-        ),
+    let admin = match admin_listener {
+        Some(listener) => {
+            Some(admin::start_on(listener, server.observer()).map_err(StartError::Io)?)
+        }
         None => None,
     };
-    info!("serving {}", config.describe().replace('\n', " "));
+    let admin_socket = start_admin_socket(&config.data_dir, &server)?;
+    // The whole configuration is long (dozens of keys): debug. What an operator
+    // changed from the defaults is what explains this daemon's behaviour.
+    debug!("configuration {}", config.describe().replace('\n', " "));
+    let changed = config.describe_non_default();
+    if changed.is_empty() {
+        info!("serving with the default configuration");
+    } else {
+        info!("serving with {}", changed.replace('\n', ", "));
+    }
     Ok(Running {
         server,
         admin,
+        admin_socket,
         _lock: lock,
     })
+}
+
+/// The clients' listener failed: when the port is busy because another daemon
+/// serves this very data directory, that is what the operator is told.
+fn clients_bind_error(config: &Config, addr: SocketAddr, err: io::Error) -> StartError {
+    if err.kind() == io::ErrorKind::AddrInUse
+        && let Ok(Some(holder)) = DataDirLock::holder(&config.data_dir)
+        && holder.role == Some(Role::Daemon)
+    {
+        return StartError::Locked(LockError::Held {
+            dir: config.data_dir.clone(),
+            holder,
+        });
+    }
+    StartError::Bind {
+        listener: Listener::Clients,
+        addr,
+        err,
+    }
+}
+
+/// Creates the admin socket and serves it. A data directory whose path is
+/// too long for a socket address only costs the socket (with a warning).
+fn start_admin_socket(
+    data_dir: &Path,
+    server: &ServerHandle,
+) -> Result<Option<AdminSocket>, StartError> {
+    let bound = match admin_socket::bind(&admin_socket_path(data_dir)) {
+        Ok(bound) => bound,
+        Err(err @ SocketError::TooLong { .. }) => {
+            warn!("{err}; until then `switchboard user` cannot reach this daemon while it runs");
+            return Ok(None);
+        }
+        Err(err) => return Err(StartError::AdminSocket(err)),
+    };
+    bound
+        .serve(server.user_admin())
+        .map(Some)
+        .map_err(StartError::Io)
 }
 
 /// Opens what the server keeps in the data directory: users.txt, the session
@@ -174,6 +324,7 @@ pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
             handshake_timeout: config.tls_handshake_timeout,
             outbound_queue_bytes: config.outbound_queue_bytes,
             max_connections_per_ip: config.limits.max_connections_per_ip,
+            exempt_networks: config.limits.exempt_networks.clone(),
             login_timeout: config.limits.login_timeout,
             frames_per_second: config.limits.frames_per_second,
             frame_burst: f64::from(config.limits.frame_burst),
@@ -217,6 +368,8 @@ fn auth_limits(l: &LimitsConfig) -> AuthLimits {
         per_user: policy(l.failed_logins_per_user),
         per_ip: policy(l.failed_logins_per_ip),
         registrations_per_ip_per_minute: l.registrations_per_ip_per_minute,
+        registration_burst: l.registration_burst,
+        exempt_networks: l.exempt_networks.clone(),
     }
 }
 

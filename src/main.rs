@@ -1,27 +1,32 @@
 //! The `switchboard` daemon. With no subcommand it serves.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use switchboard::application::admin::{UserSummary, rfc3339_utc};
 use switchboard::application::auth::AuthLimits;
-use switchboard::application::{Authenticator, PasswordHasher, UserStore};
+use switchboard::application::{Authenticator, PasswordHasher, UserAdmin, UserStore};
 use switchboard::client::password;
 use switchboard::config::{Config, Overrides};
-use switchboard::infrastructure::{DataDirLock, UsersFile};
+use switchboard::infrastructure::admin_socket::{self, ClientError, Request, Response, UserEntry};
+use switchboard::infrastructure::{
+    DataDirLock, Holder, LockError, RevocationFile, Role, UsersFile,
+};
 use switchboard::{daemon, systemd, tcp};
 
 const EXIT_HELP: &str = "\
 Exit codes:
   0  success (for serve: stopped by SIGTERM/SIGINT after draining)
   1  could not start or keep running, or an operation failed (data file, bind,
-     data directory held by a running daemon, no such user)
+     data directory in use or missing, no such user, daemon not answering)
   2  invalid configuration or usage
 
 Signals (serve): SIGTERM/SIGINT drain and exit; SIGHUP reloads the TLS identity.";
@@ -71,7 +76,8 @@ enum Command {
     Serve,
     /// Validate the configuration (TLS identity included) and print it, secrets masked.
     CheckConfig,
-    /// Manage users in users.txt; refused while a daemon uses the data directory.
+    /// Manage users: through the running daemon's admin socket
+    /// (DATA_DIR/admin.sock) while it serves, else directly on users.txt.
     User {
         #[command(subcommand)]
         action: UserAction,
@@ -97,16 +103,19 @@ enum UserAction {
         #[command(flatten)]
         password: PasswordArgs,
     },
-    /// Delete a user.
+    /// Delete a user; a running daemon ends their session (ERROR 401 "account deleted").
     Del { username: String },
-    /// List users: id, username, created_at (Unix seconds).
+    /// List users, one per line: id, username, created_at (UTC, RFC 3339), tab-separated.
     List,
-    /// Set a user's password.
+    /// Set a user's password (the old one is not needed); their session tokens stop working.
     Passwd {
         username: String,
         #[command(flatten)]
         password: PasswordArgs,
     },
+    /// End a user's session (ERROR 401 "session ended by an operator", then
+    /// close) and revoke their session tokens; the account stays.
+    Kick { username: String },
 }
 
 type Failure = (u8, String);
@@ -204,54 +213,184 @@ fn check_config(config: &Config) -> Result<(), Failure> {
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), Failure> {
-    let _lock = DataDirLock::acquire(&config.data_dir).map_err(|e| (1, e.to_string()))?;
-    let store = Arc::new(UsersFile::open(&config.users_file).map_err(|e| (1, e.to_string()))?);
-    let hasher = || {
-        PasswordHasher::new(config.bcrypt_cost, 1, Arc::default()).map_err(|e| (2, e.to_string()))
-    };
     let read = |p: &PasswordArgs| {
         password::read(p.password.clone(), p.password_file.as_deref(), "Password: ")
             .map_err(|e| (2, e.to_string()))
     };
-    match action {
-        UserAction::Add { username, password } => {
-            let secret = read(&password)?;
-            let auth = Authenticator::new(store.clone(), hasher()?, AuthLimits::unlimited());
-            let user = auth
-                .register(&username, &secret, std::net::IpAddr::from([127, 0, 0, 1]))
-                .map_err(|e| (if e.code() == 400 { 2 } else { 1 }, e.to_string()))?;
-            println!("added user_id={} username={}", user.id, user.username);
-        }
-        UserAction::Del { username } => match store.delete(&username) {
-            Ok(Some(user)) => println!("deleted user_id={} username={}", user.id, user.username),
-            Ok(None) => return Err((1, format!("no such user: {username}"))),
-            Err(e) => return Err((1, format!("cannot rewrite {}: {e}", store.path().display()))),
+    let request = match action {
+        UserAction::Add { username, password } => Request::Add {
+            password: read(&password)?,
+            username,
         },
-        UserAction::List => {
-            for (id, _) in store.list().iter() {
-                if let Some(u) = store.find_by_id(*id) {
-                    println!("{}\t{}\t{}", u.id, u.username, u.created_at);
-                }
+        UserAction::Del { username } => Request::Del { username },
+        UserAction::List => Request::List,
+        UserAction::Passwd { username, password } => Request::Passwd {
+            password: read(&password)?,
+            username,
+        },
+        UserAction::Kick { username } => Request::Kick { username },
+    };
+    let verb = match &request {
+        Request::Add { .. } => "added",
+        Request::Del { .. } => "deleted",
+        Request::Passwd { .. } => "password changed",
+        Request::List | Request::Kick { .. } => "",
+    };
+    let response = carry_out(config, request)?;
+    print_response(verb, response)
+}
+
+/// Carries out `request` through the running daemon's admin socket if a
+/// daemon holds the data directory, else directly on the files (under the
+/// data-directory lock when writing). Only `add` may create the directory;
+/// `list` creates nothing at all.
+fn carry_out(config: &Config, request: Request) -> Result<Response, Failure> {
+    let dir = &config.data_dir;
+    let failed = |e: LockError| (1, e.to_string());
+    if let Request::List = request {
+        return match DataDirLock::holder(dir).map_err(failed)? {
+            // A `user` command's writes replace users.txt atomically: reading beside it is safe.
+            Some(holder) if holder.role != Some(Role::Operator) => {
+                through_daemon(dir, &holder, &request)
             }
-        }
-        UserAction::Passwd { username, password } => {
-            if store.find_by_name(&username).is_none() {
-                return Err((1, format!("no such user: {username}")));
-            }
-            let secret = read(&password)?;
-            switchboard::domain::validate_secret(&secret).map_err(|e| (2, e))?;
-            let hash = hasher()?.hash(&secret).map_err(|e| (1, e.to_string()))?;
-            match store.set_password_hash(&username, &hash) {
-                Ok(Some(user)) => println!(
-                    "password changed user_id={} username={}",
-                    user.id, user.username
-                ),
-                Ok(None) => return Err((1, format!("no such user: {username}"))),
-                Err(e) => {
-                    return Err((1, format!("cannot rewrite {}: {e}", store.path().display())));
-                }
-            }
-        }
+            _ => list_files(config),
+        };
     }
-    Ok(())
+    let create = matches!(request, Request::Add { .. });
+    let _lock = match DataDirLock::acquire_as(dir, Role::Operator, create) {
+        Ok(lock) => lock,
+        Err(LockError::Held { holder, .. }) if holder.role != Some(Role::Operator) => {
+            return through_daemon(dir, &holder, &request);
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    if !create && !config.users_file.exists() {
+        // Nothing to change, and no users.txt to create for it.
+        let name = match &request {
+            Request::Passwd { username, .. }
+            | Request::Del { username }
+            | Request::Kick { username }
+            | Request::Add { username, .. } => username.as_str(),
+            Request::List => "",
+        };
+        return Err((1, format!("no such user: {name}")));
+    }
+    let users = Arc::new(UsersFile::open(&config.users_file).map_err(|e| (1, e.to_string()))?);
+    let hasher = PasswordHasher::new(config.bcrypt_cost, 1, Arc::default())
+        .map_err(|e| (2, e.to_string()))?;
+    let auth = Arc::new(Authenticator::new(
+        users.clone(),
+        hasher,
+        AuthLimits::unlimited(),
+    ));
+    let revocations = Arc::new(
+        RevocationFile::open(&dir.join(daemon::REVOCATIONS_FILE))
+            .map_err(|e| (1, e.to_string()))?,
+    );
+    // No hub: with the daemon stopped nobody is online.
+    let admin = UserAdmin::new(users, auth, revocations, None);
+    Ok(admin_socket::execute(&admin, request))
+}
+
+/// `user list` on the files of a stopped daemon, creating nothing.
+fn list_files(config: &Config) -> Result<Response, Failure> {
+    if !config.users_file.exists() {
+        return Ok(Response {
+            ok: true,
+            users: Some(Vec::new()),
+            ..Response::default()
+        });
+    }
+    let users = UsersFile::open(&config.users_file).map_err(|e| (1, e.to_string()))?;
+    let entries = users
+        .list()
+        .iter()
+        .filter_map(|(id, _)| users.find_by_id(*id))
+        .map(|u| UserEntry::from(UserSummary::from(&u)))
+        .collect();
+    Ok(Response {
+        ok: true,
+        users: Some(entries),
+        ..Response::default()
+    })
+}
+
+/// How long `switchboard user` waits for the daemon's answer (a password is
+/// hashed meanwhile, behind the clients' logins).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn through_daemon(dir: &Path, holder: &Holder, request: &Request) -> Result<Response, Failure> {
+    let path = daemon::admin_socket_path(dir);
+    let daemon = match holder.pid {
+        Some(pid) => format!("the switchboard daemon (pid {pid})"),
+        None => "a switchboard daemon".into(),
+    };
+    admin_socket::request(&path, request, ADMIN_TIMEOUT).map_err(|err| match err {
+        ClientError::PermissionDenied(_) => (
+            1,
+            format!(
+                "{daemon} serves data directory {} and only its own user (or root) may use its admin socket {}; run this command as that user",
+                dir.display(),
+                path.display()
+            ),
+        ),
+        ClientError::NotListening(e) => (
+            1,
+            format!(
+                "{daemon} serves data directory {} but does not answer on its admin socket {} ({e}); it may be starting or stopping: try again in a moment, or stop it to work on the files",
+                dir.display(),
+                path.display()
+            ),
+        ),
+        ClientError::Failed(why) => (
+            1,
+            format!("{daemon} did not answer on {}: {why}", path.display()),
+        ),
+    })
+}
+
+/// Prints an answer as the subcommands always have: one line per user for
+/// list, one line naming the user otherwise (`VERB user_id=ID username=NAME`).
+fn print_response(verb: &str, response: Response) -> Result<(), Failure> {
+    if !response.ok {
+        let code = if response.code == Some(400) { 2 } else { 1 };
+        return Err((code, response.error.unwrap_or_else(|| "failed".into())));
+    }
+    let user = || {
+        response
+            .user
+            .clone()
+            .ok_or_else(|| (1, "the answer names no user".to_string()))
+    };
+    let mut out = std::io::stdout().lock();
+    let written = if let Some(users) = &response.users {
+        users.iter().try_for_each(|u| {
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                u.id,
+                u.username,
+                rfc3339_utc(u.created_at)
+            )
+        })
+    } else if let Some(ended) = response.session_ended {
+        let u = user()?;
+        if ended {
+            writeln!(
+                out,
+                "ended the session of user_id={} username={}; its session tokens are revoked",
+                u.id, u.username
+            )
+        } else {
+            writeln!(
+                out,
+                "user_id={} username={} had no session; its session tokens are revoked",
+                u.id, u.username
+            )
+        }
+    } else {
+        let u = user()?;
+        writeln!(out, "{verb} user_id={} username={}", u.id, u.username)
+    };
+    written.map_err(|e| (1, format!("cannot write to stdout: {e}")))
 }

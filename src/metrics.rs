@@ -188,7 +188,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP switchboard_frames_encoded_total Frames encoded for delivery (a broadcast counts once).\n# TYPE switchboard_frames_encoded_total counter\nswitchboard_frames_encoded_total {}",
+            "# HELP switchboard_push_frames_encoded_total Frames encoded for delivery to other connections: relays, presence updates, notifications (a broadcast counts once; direct answers are counted in switchboard_frames_out_total).\n# TYPE switchboard_push_frames_encoded_total counter\nswitchboard_push_frames_encoded_total {}",
             gauges.frames_encoded
         );
         counter(
@@ -347,7 +347,7 @@ mod tests {
         );
         assert!(text.contains("switchboard_users_logged_in 2\n"), "{text}");
         assert!(
-            text.contains("switchboard_frames_encoded_total 7\n"),
+            text.contains("switchboard_push_frames_encoded_total 7\n"),
             "{text}"
         );
     }

@@ -102,6 +102,36 @@ fn an_oversized_frame_gets_413_then_close() {
     server.wait_until_clean(1);
 }
 
+/// HTTP, typed text and a TLS ClientHello on the plain port are told at once
+/// what the port speaks (ERROR 400 naming PROTOCOL.md), then closed; `hi\n`
+/// does not wait for a fourth byte or the login timeout.
+#[test]
+fn other_protocols_are_told_what_the_port_speaks() {
+    let server = TestServer::start_with(|c| c.limits.login_timeout = Duration::from_secs(300));
+    for (bytes, says) in [
+        (&b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"[..], "not HTTP"),
+        (&b"hello\r\n"[..], "not text"),
+        (&b"hi\n"[..], "not text"),
+        (&[0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00][..], "not TLS"),
+    ] {
+        let mut c = server.client();
+        c.send_raw(bytes);
+        let e = c.expect_error(400);
+        let message = e.str("message");
+        assert!(message.contains("binary protocol"), "{message}");
+        assert!(message.contains("PROTOCOL.md"), "{message}");
+        assert!(message.contains(says), "{says}: {message}");
+        assert!(c.is_closed_by_server());
+    }
+    // After a real frame, the same bytes are a broken client: 413 as before.
+    let mut c = server.client();
+    c.send(T::Heartbeat, json!({"timestamp": 1}));
+    c.expect(T::Heartbeat);
+    c.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+    c.expect_error(413);
+    server.wait_until_clean(0);
+}
+
 /// A relayed body that would not fit a frame once the server adds the ids gets 413; the connection goes on.
 #[test]
 fn a_relay_too_large_to_forward_gets_413() {

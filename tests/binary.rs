@@ -100,14 +100,14 @@ fn invalid_configuration_exits_2_naming_the_key() {
     );
 }
 
-/// RUST_LOG overrides the configured level; unknown keys are warned about, not fatal.
+/// RUST_LOG overrides the configured level; a RoomRTC reference key Switchboard does not use is noted, not fatal.
 #[test]
 fn rust_log_overrides_the_configured_level() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("quiet.json");
     fs::write(
         &config,
-        r#"{"logging":{"log_level":"error"},"auth":{"bcrypt_cost":4},"switchboard_next":{"x":1}}"#,
+        r#"{"logging":{"log_level":"error","log_file_path":"x.log"},"auth":{"bcrypt_cost":4}}"#,
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -128,9 +128,14 @@ fn rust_log_overrides_the_configured_level() {
     let stderr = loud.stop();
     assert!(stderr.contains("connection opened"), "{stderr}");
     assert!(
-        stderr.contains("unknown configuration key switchboard_next ignored"),
+        stderr.contains("logging.log_file_path is a RoomRTC reference key"),
         "{stderr}"
     );
+    // Unlike a key nobody knows: that is a typo, and stops the start.
+    fs::write(&config, r#"{"switchboard_next":{"x":1}}"#).unwrap();
+    let (code, _, stderr) = run_to_exit(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown key switchboard_next"), "{stderr}");
 }
 
 /// `--help` documents the exit codes.

@@ -169,6 +169,49 @@ fn passwords_come_from_a_file_or_the_environment() {
     assert!(out.stderr.contains("cannot read password file"), "{out}");
 }
 
+/// `switchboard-cli` and `switchboard user add|passwd` agree: --password together with
+/// --password-file is a usage error (exit 2), neither wins, and nothing is written.
+#[test]
+fn both_binaries_refuse_a_password_and_a_password_file_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    fs::write(&file, "from-file\n").unwrap();
+    let file = file.to_str().unwrap();
+    let out = Cli::bare()
+        .args(&["login", "--username", "alice", "--password", "x"])
+        .args(&["--password-file", file])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("--password") && out.stderr.contains("--password-file"),
+        "{out}"
+    );
+    let data = dir.path().join("data");
+    for action in ["add", "passwd"] {
+        let (code, stdout, stderr) = crate::support::daemon::run_with_env(
+            &[
+                "user",
+                action,
+                "alice",
+                "--password",
+                "x",
+                "--password-file",
+                file,
+            ]
+            .into_iter()
+            .chain(["--data-dir", data.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+            &[],
+        );
+        assert_eq!(code, 2, "user {action}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("--password and --password-file"),
+            "user {action}: {stderr}"
+        );
+    }
+    assert!(!data.join("users.txt").exists(), "nothing was written");
+}
+
 /// With no password and stdin not a terminal, the CLI exits 2 at once instead of prompting.
 #[test]
 fn no_password_without_a_terminal_exits_2() {
@@ -324,6 +367,72 @@ fn tls_with_a_ca_verifies_the_server() {
     );
 }
 
+/// TLS mistakes exit 3 with a hint after OpenSSL's words: a certificate for another name,
+/// an untrusted certificate, --tls against a plain server, and a plain client on a TLS port.
+#[test]
+fn tls_mistakes_come_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, ca) = tls_certs(dir.path());
+    let ca = ca.to_str().unwrap();
+    let hinted = |out: &crate::support::cli::Output, hint: &str| {
+        out.expect_code(3);
+        let last = out.stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("hint: ") && last.contains(hint),
+            "expected the hint {hint:?}\n{out}"
+        );
+    };
+
+    // The certificate names localhost and 127.0.0.1, not 127.0.0.2.
+    let elsewhere = tls_server(&identity, [127, 0, 0, 2]);
+    let port = elsewhere.addr.port().to_string();
+    let out = Cli::bare()
+        .args(&["--host", "127.0.0.2", "--port", &port, "--ca", ca, "ping"])
+        .run();
+    hinted(
+        &out,
+        "the certificate is not valid for --host 127.0.0.2; use the name the certificate was issued for (or --insecure for a test server)",
+    );
+
+    // Signed by the test CA, which only --ca makes trusted.
+    let server = tls_server(&identity, [127, 0, 0, 1]);
+    let out = cli(server.addr).args(&["--tls", "ping"]).run();
+    hinted(&out, "--ca FILE");
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_ca) = tls_certs(other.path());
+    let out = cli(server.addr)
+        .args(&["--ca", other_ca.to_str().unwrap(), "ping"])
+        .run();
+    hinted(&out, "not signed by a certificate in --ca");
+
+    // --tls (or --ca) against a plain server.
+    let plain = TestServer::start();
+    let flags: [&[&str]; 2] = [&["--tls"], &["--ca", ca]];
+    for flag in flags {
+        let out = cli(plain.addr).args(flag).args(&["ping"]).run();
+        hinted(
+            &out,
+            "the server on that port does not speak TLS (drop --tls/--ca) or is not a Switchboard server",
+        );
+    }
+
+    // A plain client on the TLS port: the server closes (or resets) without a frame.
+    let commands: [&[&str]; 3] = [
+        &["ping"],
+        &["login", "--username", "alice", "--password", "pw"],
+        &["session", "--username", "alice", "--password", "pw"],
+    ];
+    for command in commands {
+        let out = cli(server.addr).args(command).run();
+        hinted(&out, "the server may expect TLS: try --tls or --ca");
+    }
+    // Over TLS the same server answers.
+    cli(server.addr)
+        .args(&["--ca", ca, "ping"])
+        .run()
+        .expect_code(0);
+}
+
 /// --insecure accepts the test server's certificate without a CA, even under a wrong name.
 #[test]
 fn tls_insecure_accepts_an_untrusted_certificate() {
@@ -359,6 +468,29 @@ fn a_session_prints_its_own_login_response() {
     assert_eq!(
         out.stdout,
         "{\"type\":\"LOGIN_RESPONSE\",\"code\":2,\"payload\":{\"success\":true,\"user_id\":\"1\",\"username\":\"alice\"}}\n",
+        "{out}"
+    );
+}
+
+/// README's trick works as written: input ending with `{"type":"HEARTBEAT"}` and `--until HEARTBEAT` exits 0 once everything before it was answered.
+#[test]
+fn a_session_ending_with_a_bare_heartbeat_exits_0() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "HEARTBEAT", "--timeout", "10"])
+        .stdin("{\"type\":\"USER_LIST_REQUEST\"}\n{\"type\":\"HEARTBEAT\"}\n")
+        .run();
+    out.expect_code(0);
+    let types: Vec<_> = out
+        .json_lines()
+        .iter()
+        .map(|l| l["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["LOGIN_RESPONSE", "USER_LIST_RESPONSE", "HEARTBEAT"],
         "{out}"
     );
 }
@@ -567,6 +699,48 @@ fn a_session_without_until_ends_when_the_server_closes() {
     assert!(out.stderr.contains("before CALL_NOTIFICATION"), "{out}");
 }
 
+/// User ids as `users` prints them, bare numbers, work in session commands: sent as the
+/// protocol's strings, so the server rings bob rather than refusing the request.
+#[test]
+fn sessions_take_numeric_user_ids() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    register(&server, "bob", "pw-b");
+    let out = cli(server.addr)
+        .args(&["users", "--username", "bob", "--password", "pw-b"])
+        .run();
+    out.expect_code(0);
+    let bob_id: u64 = out
+        .lines()
+        .iter()
+        .find_map(|l| l.strip_suffix("\tbob\tAvailable"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric id for bob\n{out}"));
+    let mut bob = cli(server.addr)
+        .args(&["session", "--username", "bob", "--password", "pw-b"])
+        .args(&["--until", "CALL_NOTIFICATION", "--timeout", "10"])
+        .spawn();
+    bob.expect("LOGIN_RESPONSE");
+    let mut alice = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--timeout", "10"])
+        .spawn();
+    alice.expect("LOGIN_RESPONSE");
+    alice.send(&format!(
+        r#"{{"type":"CALL_REQUEST","to_user_id":{bob_id}}}"#
+    ));
+    let bob_out = bob.finish();
+    bob_out.expect_code(0);
+    let ring = bob_out.json_lines().pop().unwrap();
+    assert_eq!(ring["type"], "CALL_NOTIFICATION", "{bob_out}");
+    assert_eq!(ring["payload"]["from_username"], "alice");
+    assert!(
+        !alice.seen.iter().any(|l| l.contains("\"ERROR\"")),
+        "the request was refused: {:?}",
+        alice.seen
+    );
+}
+
 /// A bad input line (not JSON, unknown type, server-only type, bad field) exits 2 naming the line.
 #[test]
 fn a_bad_session_line_exits_2() {
@@ -577,7 +751,7 @@ fn a_bad_session_line_exits_2() {
         (r#"{"type":"CALL_ME"}"#, "unknown message type"),
         (r#"{"type":77}"#, "unknown message type 77"),
         (r#"{"type":"LOGIN_RESPONSE"}"#, "sent by the server"),
-        (r#"{"type":"CALL_REQUEST","to_user_id":2}"#, "to_user_id"),
+        (r#"{"type":"CALL_REQUEST","to_user_id":true}"#, "to_user_id"),
     ];
     for (line, why) in cases {
         let out = cli(server.addr)

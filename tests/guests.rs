@@ -136,6 +136,7 @@ fn guest_names_are_checked_and_guests_can_be_disabled() {
 fn guests_are_unique_limited_and_their_turn_credentials_end_with_them() {
     let server = TestServer::start_with(|c| {
         c.limits.registrations_per_ip_per_minute = 3;
+        c.limits.registration_burst = 3;
         c.sessions.guest_ttl = Duration::from_secs(600);
         c.webrtc.turn_servers = vec!["turn:127.0.0.1:3478".into()];
         c.webrtc.turn_secret = Some("s".into());

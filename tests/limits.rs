@@ -55,6 +55,12 @@ fn max_connections_holds_under_a_flood_of_silent_connections() {
     let server = TestServer::start_with(|c| {
         c.max_connections = 100;
         c.limits.max_connections_per_ip = 10_000;
+        // Alice sends about 204 frames, and on a fast run the 200 relays take
+        // well under a second: beyond the default bucket (200 frames, then
+        // 100/s) her last candidates were refused with 429 and Bob waited for
+        // them until his read timed out. The frame rate is not under test here.
+        c.limits.frames_per_second = 1e6;
+        c.limits.frame_burst = 1_000_000;
     });
     let (mut alice, _) = server.user("alice");
     let (mut bob, bob_id) = server.user("bob");
@@ -99,6 +105,9 @@ fn max_connections_holds_under_a_flood_of_silent_connections() {
     let total: usize = flooders.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(total, 2000);
     assert!(peak <= 100, "open connections peaked at {peak}");
+    // Nothing Alice sent was refused: no answer but presence before her barrier.
+    let answers = alice.barrier();
+    assert!(answers.is_empty(), "{answers:?}");
     alice.send(T::Hangup, json!({}));
     bob.expect(T::Hangup);
 }
@@ -196,10 +205,14 @@ fn failed_logins_back_off_per_address() {
     connect_from(Ipv4Addr::new(127, 0, 0, 6), server.addr).login_ok("alice", "right");
 }
 
-/// Registrations per address per minute are limited, with retry_after_ms.
+/// Registrations per address are limited: the burst at once, then the rate
+/// per minute, with retry_after_ms.
 #[test]
 fn registrations_per_address_are_limited() {
-    let server = TestServer::start_with(|c| c.limits.registrations_per_ip_per_minute = 2);
+    let server = TestServer::start_with(|c| {
+        c.limits.registrations_per_ip_per_minute = 1;
+        c.limits.registration_burst = 2;
+    });
     let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 7), server.addr);
     c.register("user1", "pw");
     c.register("user2", "pw");
@@ -266,4 +279,77 @@ fn huge_invalid_usernames_fail_like_unknown_users() {
         assert_eq!(f.body["code"], 401, "{}", f.body["error"]);
     }
     c.login_ok("alice", "right");
+}
+
+/// Clients in `limits.exempt_networks` are not counted per address: one exempt
+/// address exceeds the connection, registration and per-address failed-login
+/// limits, while an address outside the networks is held to all three, and
+/// the per-username back-off still applies inside.
+#[test]
+fn exempt_networks_are_not_limited_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 3;
+        c.limits.registrations_per_ip_per_minute = 1;
+        c.limits.registration_burst = 2;
+        c.limits.failed_logins_per_ip = 2;
+        c.limits.failed_logins_per_user = 3;
+        c.limits.login_backoff_initial = Duration::from_secs(60);
+        c.limits.exempt_networks =
+            vec!["127.0.0.16/28".parse().unwrap(), "::1/128".parse().unwrap()];
+    });
+    let office = Ipv4Addr::new(127, 0, 0, 20);
+    let elsewhere = Ipv4Addr::new(127, 0, 0, 40);
+
+    // Ten connections from one exempt address, over a limit of three.
+    let mut desks: Vec<Client> = (0..10).map(|_| connect_from(office, server.addr)).collect();
+    for desk in &mut desks {
+        assert!(desk.barrier().is_empty());
+    }
+    // Six registrations from it, over a burst of two.
+    for (i, desk) in desks.iter_mut().take(6).enumerate() {
+        desk.register(&format!("desk{i}"), "pw");
+    }
+    // Failed logins to several names do not back the address off...
+    for i in 0..4 {
+        assert_eq!(
+            desks[6].login(&format!("desk{i}"), "typo").body["code"],
+            401
+        );
+    }
+    desks[7].login_ok("desk5", "pw");
+    // ...but one username guessed at still backs off, from the office too.
+    for _ in 0..4 {
+        assert_eq!(desks[8].login("desk4", "guess").body["code"], 401);
+    }
+    assert_eq!(desks[9].login("desk4", "pw").body["code"], 429);
+
+    // An address outside the networks: three connections, the fourth refused.
+    let mut outside: Vec<Client> = (0..3)
+        .map(|_| connect_from(elsewhere, server.addr))
+        .collect();
+    for c in &mut outside {
+        assert!(c.barrier().is_empty());
+    }
+    let mut refused = connect_from(elsewhere, server.addr);
+    let e = refused.expect_error(429);
+    assert!(
+        e.str("message")
+            .contains("too many connections from your address (limit 3)"),
+        "{}",
+        e.body
+    );
+    // Two registrations, the third refused.
+    outside[0].register("visitor1", "pw");
+    outside[0].register("visitor2", "pw");
+    outside[0].send(
+        T::RegisterRequest,
+        json!({"username": "visitor3", "password_hash": "pw"}),
+    );
+    assert_eq!(outside[0].expect(T::RegisterResponse).body["code"], 429);
+    // Two failed logins, then the address backs off, even with the right password.
+    assert_eq!(outside[1].login("desk0", "typo").body["code"], 401);
+    assert_eq!(outside[1].login("desk1", "typo").body["code"], 401);
+    assert_eq!(outside[1].login("desk2", "typo").body["code"], 401);
+    assert_eq!(outside[2].login("visitor1", "pw").body["code"], 429);
+    assert_eq!(server.stats().open_connections, 13);
 }

@@ -136,6 +136,20 @@ fn heartbeats_are_answered_before_and_after_login() {
     assert!(f.body["server_time"].as_u64().unwrap() > 1_700_000_000_000);
 }
 
+/// A HEARTBEAT without a timestamp (as scripts send it) is answered, with the server's clock in both fields, and the connection goes on.
+#[test]
+fn a_heartbeat_without_a_timestamp_is_answered_with_the_servers_time() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    c.send(T::Heartbeat, json!({}));
+    let f = c.expect(T::Heartbeat);
+    let server_time = f.body["server_time"].as_u64().unwrap();
+    assert!(server_time > 1_700_000_000_000, "{:?}", f.body);
+    assert_eq!(f.body["timestamp"], server_time);
+    c.send(T::Heartbeat, json!({"timestamp": 7}));
+    assert_eq!(c.expect(T::Heartbeat).body["timestamp"], 7);
+}
+
 /// Requests that need a session get ERROR 401 before login and after logout, with req_id echoed.
 #[test]
 fn requests_before_login_get_401() {

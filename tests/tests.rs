@@ -4,6 +4,7 @@
 mod support;
 
 mod accounts;
+mod admin_channel;
 mod bad_input;
 mod bench;
 mod binary;

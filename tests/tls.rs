@@ -4,11 +4,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use serde_json::json;
 use switchboard::tcp::{MessageType as T, TlsIdentity};
 
 use crate::support::certs;
-use crate::support::daemon::{Daemon, run_to_exit};
+use crate::support::daemon::{Daemon, configured, run_to_exit, run_with_env};
 use crate::support::{Client, TestServer, connect_call};
 
 /// A server on a PKCS#12 identity made for this test, and its certificates.
@@ -174,4 +176,175 @@ fn garbage_on_the_tls_port_is_closed_without_leaking_threads() {
     }
     server.wait_until_clean(0);
     Client::tls(server.addr, &certs.ca_pem).barrier();
+}
+
+const KEY_MISMATCH: &str =
+    "server.key_path: the private key does not match the certificate in server.cert_path";
+
+/// A certificate and a key that do not belong together are refused when the identity is
+/// loaded, PEM and PKCS#12 alike, naming the key; a PEM chain whose server certificate
+/// is not first says so. (OpenSSL alone would take the pair and fail every handshake.)
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let stray = dir.path().join("stray.key");
+    certs::write_stray_key(&stray);
+    let refused = |identity: TlsIdentity| match switchboard::tcp::build_acceptor(&identity) {
+        Ok(_) => panic!("{identity:?} was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let message = refused(TlsIdentity::Pem {
+        cert: certs.cert_pem.clone(),
+        key: stray.clone(),
+    });
+    assert!(
+        message.starts_with(KEY_MISMATCH) && message.contains("stray.key"),
+        "{message}"
+    );
+
+    // The CA first, the server's own certificate second: the key matches the wrong one.
+    let reversed = dir.path().join("reversed.pem");
+    let mut chain = certs.ca_pem.clone();
+    chain.extend(std::fs::read(&certs.cert_pem).unwrap());
+    std::fs::write(&reversed, chain).unwrap();
+    let message = refused(TlsIdentity::Pem {
+        cert: reversed,
+        key: certs.key_pem.clone(),
+    });
+    assert!(
+        message.starts_with(KEY_MISMATCH) && message.contains("must come first"),
+        "{message}"
+    );
+
+    let foreign = certs::write_pkcs12_with_a_foreign_key(dir.path(), &certs);
+    let message = refused(TlsIdentity::Pkcs12 {
+        path: foreign,
+        password: certs.pkcs12_password.clone(),
+    });
+    assert!(
+        message.starts_with("server.pkcs12_path: the private key does not match")
+            && message.contains("foreign.p12"),
+        "{message}"
+    );
+
+    // The matching pairs still load.
+    for identity in [
+        TlsIdentity::Pem {
+            cert: certs.cert_pem.clone(),
+            key: certs.key_pem.clone(),
+        },
+        TlsIdentity::Pkcs12 {
+            path: certs.pkcs12.clone(),
+            password: certs.pkcs12_password.clone(),
+        },
+    ] {
+        switchboard::tcp::build_acceptor(&identity).expect("a matching pair loads");
+    }
+}
+
+/// `check-config` with a key that is not the certificate's exits 2 naming the key, and does
+/// not call the configuration valid; the same for a PKCS#12 file.
+#[test]
+fn check_config_refuses_a_key_that_does_not_match_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let stray = dir.path().join("stray.key");
+    certs::write_stray_key(&stray);
+    let data = dir.path().join("data");
+    let (code, stdout, stderr) = run_to_exit(&[
+        "check-config",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--cert",
+        certs.cert_pem.to_str().unwrap(),
+        "--key",
+        stray.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains(KEY_MISMATCH), "{stderr}");
+    assert!(!stdout.contains("configuration is valid"), "{stdout}");
+
+    let foreign = certs::write_pkcs12_with_a_foreign_key(dir.path(), &certs);
+    let (code, stdout, stderr) = run_with_env(
+        &[
+            "check-config",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pkcs12",
+            foreign.to_str().unwrap(),
+        ],
+        &[("SWITCHBOARD_PKCS12_PASSWORD", &certs.pkcs12_password)],
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("server.pkcs12_path: the private key does not match"),
+        "{stderr}"
+    );
+}
+
+/// `serve` with a key that is not the certificate's exits 2 naming the key, before listening.
+#[test]
+fn serve_refuses_a_key_that_does_not_match_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let stray = dir.path().join("stray.key");
+    certs::write_stray_key(&stray);
+    let (code, stdout, stderr) = run_to_exit(&[
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--cert",
+        certs.cert_pem.to_str().unwrap(),
+        "--key",
+        stray.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(KEY_MISMATCH), "{stderr}");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+}
+
+/// SIGHUP after the key file was replaced by a key that is not the certificate's: an
+/// error is logged, nothing claims a reload, and new handshakes still get the old
+/// identity, as do the connections made before.
+#[test]
+fn sighup_with_a_mismatched_key_keeps_the_old_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::make(dir.path());
+    let args = configured(
+        dir.path(),
+        &json!({"auth": {"bcrypt_cost": 4}}),
+        &[
+            "--cert",
+            certs.cert_pem.to_str().unwrap(),
+            "--key",
+            certs.key_pem.to_str().unwrap(),
+        ],
+    );
+    let daemon = Daemon::start(&args, &[], dir.path());
+    let mut before = Client::tls(daemon.addr, &certs.ca_pem);
+    before.register("alice", "pw");
+    before.login_ok("alice", "pw");
+
+    certs::write_stray_key(&certs.key_pem);
+    daemon.signal(Signal::HUP);
+    let stderr = daemon.stderr_once_it_has(KEY_MISMATCH);
+    let logged = stderr
+        .lines()
+        .find(|l| l.contains(KEY_MISMATCH))
+        .unwrap_or_else(|| panic!("no mismatch logged:\n{stderr}"));
+    assert!(
+        logged.contains("ERROR") && logged.contains("SIGHUP"),
+        "{logged}"
+    );
+    assert!(!stderr.contains("TLS identity reloaded"), "{stderr}");
+
+    // The reload was refused before the error was logged: new handshakes get the old
+    // certificate and its key.
+    let mut after = Client::try_tls(daemon.addr, &certs.ca_pem)
+        .unwrap_or_else(|e| panic!("handshake after SIGHUP failed: {e}\n{}", daemon.stderr()));
+    let bob_id = after.register("bob", "pw");
+    after.login_ok("bob", "pw");
+    before.expect_state(&bob_id, "Available");
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::AppError;
 use super::ports::{StoreError, UserRecord, UserStore};
-use crate::domain::limits::{Backoff, BackoffPolicy, Window};
+use crate::domain::limits::{Backoff, BackoffPolicy, Buckets, Cidr};
 use crate::domain::user::username_key;
 use crate::domain::{validate_secret, validate_username};
 use crate::metrics::Metrics;
@@ -118,13 +118,22 @@ fn bcrypt_input(secret: &str) -> Cow<'_, [u8]> {
 }
 
 /// Limits on guessing and on account creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthLimits {
     /// Back-off for failed logins to one username, from anywhere.
     pub per_user: BackoffPolicy,
     /// Back-off for failed logins from one source address, to any username.
     pub per_ip: BackoffPolicy,
+    /// The sustained rate of account creations (registrations and guests)
+    /// per source address.
     pub registrations_per_ip_per_minute: u32,
+    /// How many of them one address may make at once; never less than a
+    /// minute's worth, so raising the rate alone raises the burst too.
+    pub registration_burst: u32,
+    /// Addresses that many people share (an office NAT, a test harness): the
+    /// per-address limits (registrations, failed logins per address) do not
+    /// count them. The per-username back-off still applies.
+    pub exempt_networks: Vec<Cidr>,
 }
 
 impl AuthLimits {
@@ -140,6 +149,8 @@ impl AuthLimits {
             per_user: never,
             per_ip: never,
             registrations_per_ip_per_minute: u32::MAX,
+            registration_burst: u32::MAX,
+            exempt_networks: Vec::new(),
         }
     }
 }
@@ -150,7 +161,7 @@ const THROTTLE_CAPACITY: usize = 100_000;
 struct Throttles {
     users: Backoff<String>,
     ips: Backoff<IpAddr>,
-    registrations: Window<IpAddr>,
+    registrations: Buckets<IpAddr>,
 }
 
 fn rate_limited(what: &str, wait: Duration) -> AppError {
@@ -165,6 +176,7 @@ pub struct Authenticator {
     users: Arc<dyn UserStore>,
     hasher: PasswordHasher,
     throttles: Mutex<Throttles>,
+    exempt_networks: Vec<Cidr>,
 }
 
 impl Authenticator {
@@ -173,16 +185,39 @@ impl Authenticator {
         hasher: PasswordHasher,
         limits: AuthLimits,
     ) -> Authenticator {
-        let window = Duration::from_secs(60);
+        let per_minute = limits.registrations_per_ip_per_minute.max(1);
+        let burst = limits.registration_burst.max(per_minute);
         Authenticator {
             users,
             hasher,
             throttles: Mutex::new(Throttles {
                 users: Backoff::new(limits.per_user, THROTTLE_CAPACITY),
                 ips: Backoff::new(limits.per_ip, THROTTLE_CAPACITY),
-                registrations: Window::new(limits.registrations_per_ip_per_minute, window),
+                registrations: Buckets::new(
+                    f64::from(per_minute) / 60.0,
+                    f64::from(burst),
+                    THROTTLE_CAPACITY,
+                ),
             }),
+            exempt_networks: limits.exempt_networks,
         }
+    }
+
+    /// Whether `from` is in `limits.exempt_networks`.
+    fn is_exempt(&self, from: IpAddr) -> bool {
+        Cidr::any_contains(&self.exempt_networks, from)
+    }
+
+    /// Counts an account creation (registration or guest) against `from`'s
+    /// allowance, unless `from` is exempt.
+    fn admit_account(&self, from: IpAddr, refusal: &str) -> Result<(), AppError> {
+        if self.is_exempt(from) {
+            return Ok(());
+        }
+        self.throttles()
+            .registrations
+            .take(&from, Instant::now())
+            .map_err(|wait| rate_limited(refusal, wait))
     }
 
     fn throttles(&self) -> MutexGuard<'_, Throttles> {
@@ -202,16 +237,27 @@ impl Authenticator {
         secret: &str,
         from: IpAddr,
     ) -> Result<UserRecord, AppError> {
-        validate_username(username).map_err(|e| AppError::BadRequest(e.to_string()))?;
-        validate_secret(secret).map_err(AppError::BadRequest)?;
-        // Checked first so a taken name costs no hash; create() checks again.
-        if self.users.find_by_name(username).is_some() {
-            return Err(AppError::Conflict("username is taken".into()));
-        }
-        self.throttles()
-            .registrations
-            .admit(&from, Instant::now())
-            .map_err(|wait| rate_limited("too many registrations from your address", wait))?;
+        check_new_account(&*self.users, username, secret)?;
+        self.admit_account(from, "too many registrations from your address")?;
+        self.create_account(username, secret)
+    }
+
+    /// An operator's `switchboard user add`: a registration like REGISTER's
+    /// (same rules, on disk before it returns) without the per-address limit.
+    ///
+    /// # Errors
+    /// 400 for a bad name or secret, 409 if the name is taken, 500 if storage failed.
+    pub fn register_by_operator(
+        &self,
+        username: &str,
+        secret: &str,
+    ) -> Result<UserRecord, AppError> {
+        check_new_account(&*self.users, username, secret)?;
+        self.create_account(username, secret)
+    }
+
+    /// Hashes `secret` (no lock held) and stores the new account durably.
+    fn create_account(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
         let hash = self.hasher.hash(secret)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -230,8 +276,8 @@ impl Authenticator {
 
     /// Checks credentials from a client at `from`. Unknown users and wrong
     /// secrets fail alike, in the same time, and both count towards back-off
-    /// for the username and for the address; while either is backing off, the
-    /// attempt is refused before any hashing.
+    /// for the username and for the address (unless the address is exempt);
+    /// while either is backing off, the attempt is refused before any hashing.
     ///
     /// # Errors
     /// 401 for bad credentials, 429 while backing off, 400 for a malformed secret.
@@ -251,6 +297,10 @@ impl Authenticator {
         } else {
             String::new()
         };
+        // One person's typos must not lock out everyone behind a shared
+        // address, so an exempt address has no per-address back-off; each
+        // username still has its own.
+        let count_address = !self.is_exempt(from);
         {
             let now = Instant::now();
             let throttles = self.throttles();
@@ -258,10 +308,11 @@ impl Authenticator {
                 .users
                 .check(&key, now)
                 .map_err(|wait| rate_limited("too many failed logins for this username", wait))?;
-            throttles
-                .ips
-                .check(&from, now)
-                .map_err(|wait| rate_limited("too many failed logins from your address", wait))?;
+            if count_address {
+                throttles.ips.check(&from, now).map_err(|wait| {
+                    rate_limited("too many failed logins from your address", wait)
+                })?;
+            }
         }
         let user = if valid_name {
             self.users.find_by_name(username)
@@ -282,7 +333,9 @@ impl Authenticator {
                 if valid_name {
                     throttles.users.fail(&key, now);
                 }
-                throttles.ips.fail(&from, now);
+                if count_address {
+                    throttles.ips.fail(&from, now);
+                }
                 Err(AppError::InvalidCredentials)
             }
         }
@@ -295,12 +348,9 @@ impl Authenticator {
     /// credentials) in a loop.
     ///
     /// # Errors
-    /// 429 past `limits.registrations_per_ip_per_minute`.
+    /// 429 past `limits.registration_burst` and `limits.registrations_per_ip_per_minute`.
     pub fn admit_guest(&self, from: IpAddr) -> Result<(), AppError> {
-        self.throttles()
-            .registrations
-            .admit(&from, Instant::now())
-            .map_err(|wait| rate_limited("too many new accounts from your address", wait))
+        self.admit_account(from, "too many new accounts from your address")
     }
 
     /// Checks a logged-in user's current secret, as a login would (same
@@ -345,6 +395,37 @@ impl Authenticator {
         }
     }
 
+    /// An operator's `switchboard user passwd`: stores the new secret's hash
+    /// durably without asking for the old one. Every session token issued
+    /// before stops working, as after PASSWORD_CHANGE (tokens carry a
+    /// fingerprint of the hash).
+    ///
+    /// # Errors
+    /// 400 for a malformed secret, 404 for an unknown user, 500 if storage
+    /// failed (the old password stays).
+    pub fn reset_password(&self, username: &str, new: &str) -> Result<UserRecord, AppError> {
+        validate_secret(new).map_err(AppError::BadRequest)?;
+        let user = self
+            .users
+            .find_by_name(username)
+            .ok_or_else(|| AppError::NotFound(format!("no such user: {username}")))?;
+        let hash = self.hasher.hash(new)?;
+        match self.users.set_password_hash_of(user.id, &hash) {
+            Ok(true) => Ok(UserRecord {
+                password_hash: hash,
+                ..user
+            }),
+            Ok(false) => Err(AppError::NotFound(format!("no such user: {username}"))),
+            Err(err) => {
+                warn!("password reset not stored user_id={}: {err}", user.id);
+                Err(AppError::Internal(format!(
+                    "could not store the new password: {}",
+                    store_cause(err)
+                )))
+            }
+        }
+    }
+
     /// ACCOUNT_DELETE: checks the secret, then deletes the account durably.
     ///
     /// # Errors
@@ -368,6 +449,17 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// The checks of a new account that cost no hash: the name and secret follow
+/// the rules and the name is free (create() checks again, atomically).
+fn check_new_account(users: &dyn UserStore, username: &str, secret: &str) -> Result<(), AppError> {
+    validate_username(username).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    validate_secret(secret).map_err(AppError::BadRequest)?;
+    if users.find_by_name(username).is_some() {
+        return Err(AppError::Conflict("username is taken".into()));
+    }
+    Ok(())
 }
 
 fn store_cause(err: StoreError) -> String {
@@ -426,5 +518,130 @@ mod tests {
             t.join().unwrap();
         }
         assert!(peak.load(Ordering::SeqCst) <= 2);
+    }
+
+    use crate::application::UserListing;
+    use crate::domain::UserId;
+
+    /// Users in memory; names compared without case, as storage does.
+    #[derive(Default)]
+    struct Users(Mutex<Vec<UserRecord>>);
+
+    impl UserStore for Users {
+        fn find_by_name(&self, name: &str) -> Option<UserRecord> {
+            let users = self.0.lock().unwrap();
+            users
+                .iter()
+                .find(|u| u.username.eq_ignore_ascii_case(name))
+                .cloned()
+        }
+        fn find_by_id(&self, id: UserId) -> Option<UserRecord> {
+            self.0.lock().unwrap().iter().find(|u| u.id == id).cloned()
+        }
+        fn list(&self) -> UserListing {
+            Arc::from([])
+        }
+        fn create(&self, name: &str, hash: &str, at: u64) -> Result<UserRecord, StoreError> {
+            let mut users = self.0.lock().unwrap();
+            let user = UserRecord {
+                id: UserId(users.len() as u64 + 1),
+                username: name.into(),
+                password_hash: hash.into(),
+                created_at: at,
+            };
+            users.push(user.clone());
+            Ok(user)
+        }
+        fn set_password_hash_of(&self, _: UserId, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn delete_user(&self, _: UserId) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    fn authenticator(exempt: &[&str]) -> Authenticator {
+        let policy = |free_failures| BackoffPolicy {
+            free_failures,
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+            forget_after: Duration::from_secs(120),
+        };
+        let limits = AuthLimits {
+            per_user: policy(3),
+            per_ip: policy(2),
+            registrations_per_ip_per_minute: 1,
+            registration_burst: 2,
+            exempt_networks: exempt.iter().map(|n| n.parse().unwrap()).collect(),
+        };
+        let hasher = PasswordHasher::new(4, 2, Arc::default()).unwrap();
+        Authenticator::new(Arc::new(Users::default()), hasher, limits)
+    }
+
+    fn code(result: Result<impl Sized, AppError>) -> u16 {
+        match result {
+            Ok(_) => 200,
+            Err(AppError::RateLimited { .. }) => 429,
+            Err(AppError::InvalidCredentials) => 401,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// An address gets its burst of registrations (guests included), then waits.
+    #[test]
+    fn registrations_allow_the_burst_then_refuse_with_a_wait() {
+        let auth = authenticator(&[]);
+        let from: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(code(auth.register("ann1", "pw", from)), 200);
+        assert_eq!(code(auth.admit_guest(from)), 200);
+        match auth.register("ann3", "pw", from) {
+            Err(AppError::RateLimited { retry_after, .. }) => {
+                assert!(retry_after > Duration::from_secs(50), "{retry_after:?}");
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(code(auth.register("ann3", "pw", other)), 200, "per address");
+    }
+
+    /// An exempt network's clients are not counted by the per-address limits
+    /// (registrations, failed logins per address), but each username still
+    /// backs off; an address outside the network is limited as before.
+    #[test]
+    fn exempt_networks_skip_per_address_limits_but_not_per_username_backoff() {
+        let auth = authenticator(&["10.0.0.0/8", "::1/128"]);
+        let office: IpAddr = "10.1.2.3".parse().unwrap();
+        for i in 0..10 {
+            assert_eq!(code(auth.register(&format!("user{i}"), "pw", office)), 200);
+            assert_eq!(code(auth.admit_guest("::1".parse().unwrap())), 200);
+        }
+        // Many typos across usernames: no per-address back-off for the office.
+        for i in 0..6 {
+            assert_eq!(code(auth.verify(&format!("user{i}"), "typo", office)), 401);
+        }
+        assert_eq!(code(auth.verify("user9", "pw", office)), 200);
+        // One username guessed at: it backs off, from the office too.
+        for _ in 0..3 {
+            assert_eq!(code(auth.verify("user8", "guess", office)), 401);
+        }
+        assert_eq!(code(auth.verify("user8", "guess", office)), 401);
+        assert_eq!(
+            code(auth.verify("user8", "pw", office)),
+            429,
+            "per username"
+        );
+        // Outside the network, the same sequence is limited per address.
+        let outside: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(code(auth.register("vic1", "pw", outside)), 200);
+        assert_eq!(code(auth.register("vic2", "pw", outside)), 200);
+        assert_eq!(code(auth.register("vic3", "pw", outside)), 429);
+        assert_eq!(code(auth.verify("user1", "typo", outside)), 401);
+        assert_eq!(code(auth.verify("user2", "typo", outside)), 401);
+        assert_eq!(code(auth.verify("user3", "typo", outside)), 401);
+        assert_eq!(
+            code(auth.verify("user4", "pw", outside)),
+            429,
+            "per address"
+        );
     }
 }

@@ -602,12 +602,13 @@ impl Hub {
         Ok(())
     }
 
-    /// Ends whatever session `user` has (account deleted, guest expired); its
-    /// connection, unless it is `except`, is told why and closed.
-    pub fn end_user(&self, user: UserId, why: SessionEnd, except: Option<ConnId>) {
+    /// Ends whatever session `user` has (account deleted, guest expired, an
+    /// operator's kick); its connection, unless it is `except`, is told why and
+    /// closed. Returns whether there was a session to end.
+    pub fn end_user(&self, user: UserId, why: SessionEnd, except: Option<ConnId>) -> bool {
         let mut state = lock(&self.state);
         let Some(session) = state.online.get(&user) else {
-            return;
+            return false;
         };
         let conn = session.conn;
         let attached = session.detached.is_none();
@@ -619,6 +620,7 @@ impl Hub {
         self.end_call_of(&mut state, user, &mut out);
         state.take_session(user);
         self.commit(state, before, out);
+        true
     }
 
     /// Clean-up when a connection closes. A no-op if `conn` no longer holds the

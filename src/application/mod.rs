@@ -4,6 +4,7 @@
 //! delivery to other connections as a [`Notifier`]; the tcp and infrastructure
 //! layers implement them.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod hub;
@@ -11,6 +12,7 @@ pub mod ice;
 pub mod ports;
 pub mod tokens;
 
+pub use admin::UserAdmin;
 pub use auth::{Authenticator, PasswordHasher};
 pub use error::AppError;
 pub use hub::{Hub, HubStats};

@@ -148,6 +148,8 @@ pub enum SessionEnd {
     AccountDeleted,
     /// The user logged out elsewhere while this session was being resumed.
     LoggedOut,
+    /// An operator ended the user's sessions (`switchboard user kick`).
+    Kicked,
 }
 
 /// Something a connection is told without having asked for it.

@@ -179,7 +179,7 @@ impl Daemon {
         proc_stats(self.pid())
     }
 
-    /// One counter from /metrics, e.g. `switchboard_frames_encoded_total` or
+    /// One counter from /metrics, e.g. `switchboard_push_frames_encoded_total` or
     /// `switchboard_frames_out_total{type="USER_STATE_UPDATE"}`; 0 if absent.
     /// `None` (with a warning) if the admin listener does not answer within
     /// 30 s: a daemon saturated with thousands of busy threads may not, and

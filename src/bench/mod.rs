@@ -187,7 +187,7 @@ pub fn idle_workload(
     // Let the connection threads go back to sleep before reading /proc.
     std::thread::sleep(Duration::from_millis(500));
     let after = daemon.proc_stats()?;
-    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let encoded = daemon.metric("switchboard_push_frames_encoded_total");
     let open = daemon.metric("switchboard_connections_open");
     drop(result.sockets);
     let n = clients.max(1) as f64;
@@ -275,7 +275,7 @@ pub fn storm_workload(
             timeout,
         },
     )?;
-    let encoded = daemon.metric("switchboard_frames_encoded_total");
+    let encoded = daemon.metric("switchboard_push_frames_encoded_total");
     let updates_out = daemon.metric("switchboard_frames_out_total{type=\"USER_STATE_UPDATE\"}");
     drop(result.sockets);
     drop(daemon);

@@ -29,10 +29,10 @@ Exit codes:
      was lost before the answer
   4  timeout: --timeout passed first
 
-Password, first found wins: --password (visible to other local users in the
-process list), --password-file FILE (its first line), the environment variable
-SWITCHBOARD_PASSWORD, a prompt on the terminal without echo. With none of them
-and stdin not a terminal, the command exits 2 instead of waiting.
+Password: --password (visible to other local users in the process list) or
+--password-file FILE (its first line), never both (exit 2); else the environment
+variable SWITCHBOARD_PASSWORD; else a prompt on the terminal without echo. With
+none of them and stdin not a terminal, the command exits 2 instead of waiting.
 
 login, users and session log in: the server ends any other session of that user.
 login and users log out before they exit, so the user is offline again once
@@ -114,6 +114,7 @@ enum Command {
     ///
     /// Input, one command per line: {"type":"CALL_REQUEST","to_user_id":"2"}. The
     /// type is a name (any case) or a code; the rest of the object is the payload.
+    /// User ids may be bare numbers, as `users` prints them ("to_user_id":2).
     ///
     /// Output, one line per frame, starting with the LOGIN_RESPONSE:
     /// {"type":"CALL_NOTIFICATION","code":9,"payload":{...}}

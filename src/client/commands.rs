@@ -190,7 +190,7 @@ impl Pinger {
         let timestamp = now_ms.max(self.last + 1);
         self.last = timestamp;
         let request = Request::Heartbeat(Heartbeat {
-            timestamp: timestamp.into(),
+            timestamp: Some(timestamp.into()),
             server_time: None,
             req_id: None,
         });
@@ -199,7 +199,7 @@ impl Pinger {
         loop {
             let frame = await_answer(conn, MessageType::Heartbeat, deadline)?;
             if let ServerMessage::Heartbeat(h) = frame.decode()?
-                && h.timestamp.as_u64() == Some(timestamp)
+                && h.timestamp.as_ref().and_then(|t| t.as_u64()) == Some(timestamp)
             {
                 return Ok(sent.elapsed());
             }

@@ -142,9 +142,86 @@ enum InputEnd {
 pub struct Connection {
     transport: Transport,
     addr: String,
+    /// TLS was asked for (and the handshake succeeded).
+    tls: bool,
+    /// A whole frame has come from the server: it speaks this protocol.
+    framed: bool,
     inbuf: Vec<u8>,
     /// Set once reading hit EOF or an error; frames already buffered still count.
     input_end: Option<InputEnd>,
+}
+
+/// Added to a plain connection's failure when the server closed it (or sent a
+/// TLS record) before its first frame: a TLS server does exactly that.
+pub const PLAIN_TO_TLS_HINT: &str = "the server may expect TLS: try --tls or --ca";
+
+/// Added to a failed handshake whose cause says the other end is not TLS.
+pub const NOT_TLS_HINT: &str =
+    "the server on that port does not speak TLS (drop --tls/--ca) or is not a Switchboard server";
+
+/// `message` followed by a `hint:` line.
+fn with_hint(message: impl std::fmt::Display, hint: &str) -> String {
+    format!("{message}\nhint: {hint}")
+}
+
+/// What the user can do about a failed handshake, read from OpenSSL's message
+/// (the verification result in parentheses, or the record layer's complaint).
+fn handshake_hint(message: &str, host: &str, trust: Option<&TlsTrust>) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    if has(&[
+        "hostname mismatch",
+        "ip address mismatch",
+        "email address mismatch",
+    ]) {
+        return Some(format!(
+            "the certificate is not valid for --host {host}; use the name the certificate was \
+             issued for (or --insecure for a test server)"
+        ));
+    }
+    if has(&["certificate has expired", "certificate is not yet valid"]) {
+        return Some(
+            "the server's certificate is outside its validity period: renew it, or check \
+             this machine's clock"
+                .into(),
+        );
+    }
+    if has(&[
+        "self-signed certificate",
+        "self signed certificate",
+        "unable to get local issuer certificate",
+        "unable to get issuer certificate",
+        "unable to verify the first certificate",
+        "certificate verify failed",
+    ]) {
+        return Some(match trust {
+            Some(TlsTrust::CaFile(path)) => format!(
+                "the server's certificate is not signed by a certificate in --ca {}: pass the \
+                 CA that issued it (or the server's own self-signed certificate) with --ca",
+                path.display()
+            ),
+            _ => "the server's certificate is not signed by an authority this system trusts: \
+                  pass the CA that issued it (or the server's own self-signed certificate) \
+                  with --ca FILE (or --insecure for a test server)"
+                .into(),
+        });
+    }
+    if has(&[
+        "wrong version number",
+        "packet length too long",
+        "record layer failure",
+        "connection reset",
+        "unexpected eof",
+        "broken pipe",
+    ]) {
+        return Some(NOT_TLS_HINT.into());
+    }
+    None
+}
+
+/// The first bytes of a TLS record: alert (0x15) or handshake (0x16), version 3.x.
+fn looks_like_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
 fn timeout(what: String) -> ClientError {
@@ -213,17 +290,25 @@ impl Connection {
         tcp.set_nonblocking(true).map_err(lost)?;
         let transport = match tls {
             None => Transport::Plain(tcp),
-            Some(tls) => Transport::Tls(Box::new(handshake(
-                &tls,
-                &options.host,
-                tcp,
-                &addr,
-                deadline,
-            )?)),
+            Some(tls) => Transport::Tls(Box::new(
+                handshake(&tls, &options.host, tcp, &addr, deadline).map_err(|e| match e {
+                    ClientError::Handshake { addr, message } => {
+                        let message =
+                            match handshake_hint(&message, &options.host, options.tls.as_ref()) {
+                                Some(hint) => with_hint(message, &hint),
+                                None => message,
+                            };
+                        ClientError::Handshake { addr, message }
+                    }
+                    other => other,
+                })?,
+            )),
         };
         Ok(Connection {
+            tls: matches!(transport, Transport::Tls(_)),
             transport,
             addr,
+            framed: false,
             inbuf: Vec::new(),
             input_end: None,
         })
@@ -232,6 +317,16 @@ impl Connection {
     /// `host:port` as connected to, for messages.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The connection is lost; over plain TCP before the server's first frame,
+    /// with the hint that the server may speak TLS.
+    fn lost(&self, why: String) -> ClientError {
+        if self.tls || self.framed {
+            ClientError::ConnectionLost(why)
+        } else {
+            ClientError::ConnectionLost(with_hint(why, PLAIN_TO_TLS_HINT))
+        }
     }
 
     /// Sends a request.
@@ -253,15 +348,11 @@ impl Connection {
         let mut pos = 0;
         while pos < bytes.len() {
             match self.transport.write(&bytes[pos..]) {
-                Ok(0) => {
-                    return Err(ClientError::ConnectionLost(
-                        "the connection takes no more data".into(),
-                    ));
-                }
+                Ok(0) => return Err(self.lost("the connection takes no more data".into())),
                 Ok(n) => pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable(deadline)?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ClientError::ConnectionLost(format!("write failed: {e}"))),
+                Err(e) => return Err(self.lost(format!("write failed: {e}"))),
             }
         }
         loop {
@@ -269,7 +360,7 @@ impl Connection {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable(deadline)?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ClientError::ConnectionLost(format!("write failed: {e}"))),
+                Err(e) => return Err(self.lost(format!("write failed: {e}"))),
             }
         }
     }
@@ -304,7 +395,7 @@ impl Connection {
                 Event::Frame(frame) => return Ok(frame),
                 Event::TimedOut => return Err(timeout(format!("waiting for {waiting_for}"))),
                 Event::Closed => {
-                    return Err(ClientError::ConnectionLost(format!(
+                    return Err(self.lost(format!(
                         "the server closed the connection before {waiting_for}"
                     )));
                 }
@@ -332,7 +423,7 @@ impl Connection {
             match &self.input_end {
                 Some(InputEnd::Eof) => return Ok(Event::Closed),
                 Some(InputEnd::Failed(why)) => {
-                    return Err(ClientError::ConnectionLost(why.clone()));
+                    return Err(self.lost(why.clone()));
                 }
                 None => {}
             }
@@ -409,6 +500,13 @@ impl Connection {
                     "the server sent a frame of length 0".into(),
                 ));
             }
+            Err(_) if !self.tls && !self.framed && looks_like_tls_record(&self.inbuf) => {
+                // A TLS server answering a plain client (an alert, or its own hello).
+                return Err(self.lost(format!(
+                    "the server answered with a TLS record ({:02x?}), not a Switchboard frame",
+                    &self.inbuf[..self.inbuf.len().min(5)]
+                )));
+            }
             Err(too_large) => {
                 return Err(ClientError::Protocol(format!(
                     "the server sent a frame too large to read: {too_large}"
@@ -416,6 +514,7 @@ impl Connection {
             }
         };
         self.inbuf.drain(..used);
+        self.framed = true;
         Ok(Some(frame))
     }
 
@@ -539,6 +638,76 @@ mod tests {
         assert_eq!(frame(0x09).name(), "CALL_NOTIFICATION");
         assert_eq!(frame(0x42).name(), "0x42");
         assert!(frame(0x09).is(MessageType::CallNotification));
+    }
+
+    /// OpenSSL's words for a failed handshake map to the hint for the user's mistake.
+    #[test]
+    fn handshake_failures_get_the_hint_for_their_cause() {
+        let verify = |result: &str| {
+            format!(
+                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate \
+                 verify failed:ssl/statem/statem_clnt.c:2125: ({result})"
+            )
+        };
+        let ca = TlsTrust::CaFile(PathBuf::from("ca.pem"));
+        let hint = |message: &str, trust: &TlsTrust| {
+            handshake_hint(message, "127.0.0.2", Some(trust)).unwrap_or_default()
+        };
+        for result in ["IP address mismatch", "hostname mismatch"] {
+            let h = hint(&verify(result), &ca);
+            assert!(
+                h.contains("not valid for --host 127.0.0.2") && h.contains("--insecure"),
+                "{h}"
+            );
+        }
+        let h = hint(&verify("self-signed certificate"), &TlsTrust::System);
+        assert!(h.contains("--ca FILE"), "{h}");
+        let h = hint(&verify("unable to get local issuer certificate"), &ca);
+        assert!(
+            h.contains("not signed by a certificate in --ca ca.pem"),
+            "{h}"
+        );
+        assert!(hint(&verify("certificate has expired"), &ca).contains("validity"));
+        for not_tls in [
+            "error:0A00010B:SSL routines:tls_validate_record_header:wrong version number:ssl/record/methods/tlsany_meth.c:77:",
+            "the operation failed due to an I/O error: Connection reset by peer (os error 104)",
+            "error:0A000126:SSL routines::unexpected eof while reading",
+        ] {
+            assert_eq!(hint(not_tls, &TlsTrust::System), NOT_TLS_HINT, "{not_tls}");
+        }
+        assert_eq!(handshake_hint("something else", "h", None), None);
+    }
+
+    /// A plain connection whose server answers with a TLS alert (and closes) is a lost
+    /// connection (exit 3) with the hint to try TLS; the first bytes are shown.
+    #[test]
+    fn a_tls_record_on_a_plain_connection_hints_at_tls() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // A TLS 1.2 fatal alert, protocol_version, as a TLS server sends to a stranger.
+            s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
+                .unwrap();
+        });
+        let options = ConnectOptions {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = Connection::connect(&options, deadline).unwrap();
+        let err = conn.recv(deadline, "HEARTBEAT").unwrap_err();
+        server.join().unwrap();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("TLS record") && message.contains(PLAIN_TO_TLS_HINT),
+            "{message}"
+        );
+        assert!(looks_like_tls_record(&[0x16, 0x03, 0x01]));
+        assert!(!looks_like_tls_record(&[0x00, 0x00, 0x00, 0x10, 0x11]));
     }
 
     /// A CA file that is missing or holds no certificate is a usage error, before any connect.

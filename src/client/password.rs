@@ -1,5 +1,7 @@
-//! Where the password comes from, first found wins: `--password`,
-//! `--password-file`, [`PASSWORD_ENV`], a prompt on the terminal.
+//! Where the password comes from: `--password` or `--password-file` (never
+//! both: that is a usage error), else [`PASSWORD_ENV`], else a prompt on the
+//! terminal. Shared by `switchboard-cli` and `switchboard user add|passwd`, so
+//! the two agree.
 //!
 //! The password is sent as the protocol's `password_hash` field, the opaque
 //! secret the server bcrypts.
@@ -37,20 +39,27 @@ fn first_line(text: &str) -> &str {
     line.strip_suffix('\r').unwrap_or(line)
 }
 
-/// Picks the password from the first source that has one.
+/// Picks the password: the flag or the file (both is a usage error: which one
+/// was meant cannot be told), else the environment, else the prompt.
 ///
 /// `env` is the value of [`PASSWORD_ENV`] (an empty value counts as unset).
 /// `prompt` asks on the terminal; pass `None` when stdin is not a terminal, so
 /// that a script without a password fails at once instead of waiting.
 ///
 /// # Errors
-/// A usage error when no source has a password, or the chosen one fails.
+/// A usage error when both `given` and `file` are set, when no source has a
+/// password, or when the chosen one fails.
 pub fn resolve(
     given: Option<String>,
     file: Option<&Path>,
     env: Option<String>,
     prompt: Option<&mut dyn FnMut() -> io::Result<String>>,
 ) -> Result<String, ClientError> {
+    if given.is_some() && file.is_some() {
+        return Err(ClientError::Usage(
+            "--password and --password-file both give the password: use only one".into(),
+        ));
+    }
     if let Some(password) = given {
         return Ok(password);
     }
@@ -128,7 +137,7 @@ mod tests {
         assert!(usage_message(read_password_file(&missing)).contains("cannot read"));
     }
 
-    /// The flag wins over the file, the file over the environment, the environment over the prompt.
+    /// The flag or the file wins over the environment, the environment over the prompt.
     #[test]
     fn sources_are_tried_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -137,7 +146,7 @@ mod tests {
         let mut prompt = || Ok::<_, io::Error>("from-prompt".to_string());
         let env = || Some("from-env".to_string());
         assert_eq!(
-            resolve(Some("flag".into()), Some(&file), env(), Some(&mut prompt)).unwrap(),
+            resolve(Some("flag".into()), None, env(), Some(&mut prompt)).unwrap(),
             "flag"
         );
         assert_eq!(
@@ -152,6 +161,31 @@ mod tests {
             resolve(None, None, Some(String::new()), Some(&mut prompt)).unwrap(),
             "from-prompt"
         );
+    }
+
+    /// --password and --password-file together are refused, whatever else is set,
+    /// and even when the file cannot be read: neither silently wins.
+    #[test]
+    fn the_flag_and_the_file_together_are_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        fs::write(&file, "from-file\n").unwrap();
+        let missing = dir.path().join("missing");
+        let mut prompt = || Ok::<_, io::Error>("from-prompt".to_string());
+        for path in [&file, &missing] {
+            let message = usage_message(resolve(
+                Some("flag".into()),
+                Some(path),
+                Some("from-env".into()),
+                Some(&mut prompt),
+            ));
+            assert!(
+                message.contains("--password and --password-file"),
+                "{message}"
+            );
+        }
+        let message = usage_message(resolve(Some("flag".into()), Some(&file), None, None));
+        assert!(message.contains("use only one"), "{message}");
     }
 
     /// Without a terminal and without a password, the answer is a usage error naming the ways out.

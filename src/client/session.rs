@@ -4,6 +4,8 @@
 //! Input: `{"type":"CALL_REQUEST","to_user_id":"2"}`. `type` is a protocol name
 //! (any case) or a numeric code (`8`, `"8"`, `"0x08"`); the rest of the object
 //! is the payload, checked against the message's fields before it is sent.
+//! User ids may be written bare (`"to_user_id":2`), as `users` prints them: they
+//! go out as the protocol's strings of digits (`"2"`).
 //!
 //! Output: `{"type":"CALL_NOTIFICATION","code":9,"payload":{...}}`, the payload
 //! exactly as the server sent it.
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{EventfdFlags, eventfd};
 use serde::Serialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use super::{ClientError, Connection, Event, Frame};
 use crate::tcp::frame;
@@ -114,11 +116,27 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
             .ok_or_else(|| CommandError::UnknownType(n.to_string()))?,
         Some(other) => return Err(CommandError::UnknownType(other.to_string())),
     };
+    user_ids_as_strings(&mut object);
     let payload = Value::Object(object).to_string();
     match Request::parse(kind, &payload) {
         Ok(Some(_)) => Ok(Command { kind, payload }),
         Ok(None) => Err(CommandError::ServerOnly(kind)),
         Err(message) => Err(CommandError::InvalidPayload(message)),
+    }
+}
+
+/// Writes the payload's user ids (`user_id`, `to_user_id`, `from_user_id`,
+/// `peer_user_id`, ...) given as non-negative integers as the strings of
+/// digits the protocol uses (PROTOCOL.md: ids are strings). Anything else is
+/// left for the type's check to judge.
+fn user_ids_as_strings(object: &mut Map<String, Value>) {
+    for (key, value) in object.iter_mut() {
+        if (key == "user_id" || key.ends_with("_user_id"))
+            && let Value::Number(n) = value
+            && let Some(id) = n.as_u64()
+        {
+            *value = Value::String(id.to_string());
+        }
     }
 }
 
@@ -414,7 +432,7 @@ fn keepalive() -> Request {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     Request::Heartbeat(Heartbeat {
-        timestamp: now_ms.into(),
+        timestamp: Some(now_ms.into()),
         server_time: None,
         req_id: None,
     })
@@ -495,7 +513,7 @@ mod tests {
             CommandError::ServerOnly(MessageType::CallNotification)
         );
         let CommandError::InvalidPayload(message) =
-            err(r#"{"type":"CALL_REQUEST","to_user_id":2}"#)
+            err(r#"{"type":"CALL_REQUEST","to_user_id":true}"#)
         else {
             panic!("expected an invalid payload");
         };
@@ -505,6 +523,37 @@ mod tests {
                 .to_string()
                 .contains("to_user_id")
         );
+    }
+
+    /// User ids written bare, as `users` prints them, are sent as the protocol's strings;
+    /// other numbers stay as written, and ids that are not whole non-negative numbers are refused.
+    #[test]
+    fn numeric_user_ids_are_sent_as_strings() {
+        assert_eq!(
+            command(r#"{"type":"CALL_REQUEST","to_user_id":2}"#),
+            command(r#"{"type":"CALL_REQUEST","to_user_id":"2"}"#)
+        );
+        assert_eq!(
+            command(r#"{"type":"CALL_REQUEST","to_user_id":2}"#).payload,
+            r#"{"to_user_id":"2"}"#
+        );
+        let ice = command(
+            r#"{"type":"ICE_CANDIDATE","call_id":"7","from_user_id":1,"to_user_id":18446744073709551615,"candidate":"c","sdp_mid":"0","sdp_mline_index":0,"req_id":5}"#,
+        );
+        let payload: Value = serde_json::from_str(&ice.payload).unwrap();
+        assert_eq!(payload["from_user_id"], "1");
+        assert_eq!(payload["to_user_id"], "18446744073709551615");
+        assert_eq!(payload["sdp_mline_index"], 0, "not an id: stays a number");
+        assert_eq!(payload["req_id"], 5, "not an id: stays a number");
+        for bad in [
+            r#"{"type":"CALL_REQUEST","to_user_id":-2}"#,
+            r#"{"type":"CALL_REQUEST","to_user_id":2.5}"#,
+        ] {
+            assert!(
+                matches!(parse_command(bad), Err(CommandError::InvalidPayload(ref m)) if m.contains("to_user_id")),
+                "{bad}"
+            );
+        }
     }
 
     /// --until and commands resolve types the same way; unknown names and codes resolve to nothing.

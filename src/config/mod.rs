@@ -1,7 +1,14 @@
 //! Configuration: server_config.json, then command-line flags, then environment.
 //!
 //! Every key is optional with a documented default (CONFIG.md). Validation runs
-//! before anything binds, and every error names the key it is about.
+//! before anything binds, and every error names the key it is about: a daemon
+//! that starts on defaults after a typo serves somewhere nobody expects. Keys
+//! the RoomRTC reference has but Switchboard does not use are the only unknown
+//! keys accepted ([`REFERENCE_ONLY_KEYS`]), with a warning.
+
+mod keys;
+
+pub use keys::REFERENCE_ONLY_KEYS;
 
 use std::fmt;
 use std::fs;
@@ -10,19 +17,23 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use crate::domain::limits::Cidr;
 use crate::tcp::TlsIdentity;
 
 /// The environment variable that supplies the PKCS#12 password, so it need not
 /// sit in a file or on a command line.
 pub const PKCS12_PASSWORD_ENV: &str = "SWITCHBOARD_PKCS12_PASSWORD";
 
-/// A configuration problem. The daemon prints it and exits with code 2.
+/// A configuration problem. The daemon prints it (after "invalid
+/// configuration: ") and exits with code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The key it is about, if any.
     pub key: Option<String>,
     pub message: String,
+    /// The message already names the key ("unknown key server.prot; ..."),
+    /// so it is shown without the `key: ` prefix.
+    names_key: bool,
 }
 
 impl ConfigError {
@@ -30,6 +41,22 @@ impl ConfigError {
         ConfigError {
             key: Some(key.into()),
             message: message.into(),
+            names_key: false,
+        }
+    }
+
+    fn naming(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            names_key: true,
+            ..ConfigError::at(key, message)
+        }
+    }
+
+    fn plain(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: None,
+            message: message.into(),
+            names_key: false,
         }
     }
 }
@@ -37,8 +64,8 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
-            Some(key) => write!(f, "{key}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(key) if !self.names_key => write!(f, "{key}: {}", self.message),
+            _ => f.write_str(&self.message),
         }
     }
 }
@@ -121,11 +148,17 @@ impl Default for WebrtcConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
+    /// Networks whose clients the per-address limits do not count (many
+    /// people behind one address); empty unless the operator opts in.
+    pub exempt_networks: Vec<Cidr>,
     pub login_timeout: Duration,
     pub frames_per_second: f64,
     pub frame_burst: u32,
     pub rate_violations_before_disconnect: u32,
+    /// The sustained rate of account creations per address.
     pub registrations_per_ip_per_minute: u32,
+    /// Account creations one address may make at once (at least a minute's worth).
+    pub registration_burst: u32,
     pub failed_logins_per_user: u32,
     pub failed_logins_per_ip: u32,
     pub login_backoff_initial: Duration,
@@ -135,12 +168,14 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
         LimitsConfig {
-            max_connections_per_ip: 32,
+            max_connections_per_ip: 256,
+            exempt_networks: Vec::new(),
             login_timeout: Duration::from_secs(10),
             frames_per_second: 100.0,
             frame_burst: 200,
             rate_violations_before_disconnect: 50,
             registrations_per_ip_per_minute: 10,
+            registration_burst: 30,
             failed_logins_per_user: 5,
             failed_logins_per_ip: 20,
             login_backoff_initial: Duration::from_secs(1),
@@ -193,8 +228,8 @@ pub struct Overrides {
     pub admin_bind: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// The file's values, each `None` where the key is absent.
+#[derive(Debug, Default)]
 struct File {
     server: ServerSection,
     storage: StorageSection,
@@ -208,8 +243,7 @@ struct File {
     webrtc: WebrtcSection,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct SessionsSection {
     token_ttl_secs: Option<f64>,
     resume_grace_secs: Option<f64>,
@@ -217,15 +251,13 @@ struct SessionsSection {
     held_max_bytes: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct GuestsSection {
     enabled: Option<bool>,
     ttl_secs: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct WebrtcSection {
     stun_servers: Option<Vec<String>>,
     turn_servers: Option<Vec<String>>,
@@ -233,29 +265,28 @@ struct WebrtcSection {
     turn_credential_ttl_secs: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct LimitsSection {
     max_connections_per_ip: Option<usize>,
+    exempt_networks: Option<Vec<String>>,
     login_timeout_secs: Option<f64>,
     frames_per_second: Option<f64>,
     frame_burst: Option<u32>,
     rate_violations_before_disconnect: Option<u32>,
     registrations_per_ip_per_minute: Option<u32>,
+    registration_burst: Option<u32>,
     failed_logins_per_user: Option<u32>,
     failed_logins_per_ip: Option<u32>,
     login_backoff_initial_secs: Option<f64>,
     login_backoff_max_secs: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct AdminSection {
     bind_address: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct ServerSection {
     bind_address: Option<String>,
     port: Option<u16>,
@@ -272,28 +303,24 @@ struct ServerSection {
     drain_timeout_secs: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct StorageSection {
     data_dir: Option<PathBuf>,
     users_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct AuthSection {
     bcrypt_cost: Option<u32>,
     max_concurrent_hashes: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct CallsSection {
     ringing_timeout_secs: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct LoggingSection {
     log_level: Option<String>,
 }
@@ -302,7 +329,8 @@ struct LoggingSection {
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    /// Unknown keys, ignored (a reference config may carry keys Switchboard does not use).
+    /// RoomRTC reference keys that Switchboard does not use, ignored
+    /// ([`REFERENCE_ONLY_KEYS`]); any other unknown key is an error.
     pub warnings: Vec<String>,
 }
 
@@ -320,9 +348,11 @@ impl Config {
         let parsed = match file {
             None => File::default(),
             Some(path) => {
-                let text = fs::read_to_string(path).map_err(|e| ConfigError {
-                    key: None,
-                    message: format!("cannot read configuration file {}: {e}", path.display()),
+                let text = fs::read_to_string(path).map_err(|e| {
+                    ConfigError::plain(format!(
+                        "cannot read configuration file {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 parse_file(&text, &mut warnings).map_err(|mut e| {
                     e.message = format!("{} (in {})", e.message, path.display());
@@ -391,6 +421,56 @@ impl Config {
                 self.admin_bind.map(|a| a.to_string()).unwrap_or_default()
             ),
             format!(
+                "limits.max_connections_per_ip = {}",
+                self.limits.max_connections_per_ip
+            ),
+            format!(
+                "limits.exempt_networks = {}",
+                self.limits
+                    .exempt_networks
+                    .iter()
+                    .map(Cidr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!(
+                "limits.login_timeout_secs = {}",
+                secs(self.limits.login_timeout)
+            ),
+            format!(
+                "limits.frames_per_second = {}",
+                self.limits.frames_per_second
+            ),
+            format!("limits.frame_burst = {}", self.limits.frame_burst),
+            format!(
+                "limits.rate_violations_before_disconnect = {}",
+                self.limits.rate_violations_before_disconnect
+            ),
+            format!(
+                "limits.registrations_per_ip_per_minute = {}",
+                self.limits.registrations_per_ip_per_minute
+            ),
+            format!(
+                "limits.registration_burst = {}",
+                self.limits.registration_burst
+            ),
+            format!(
+                "limits.failed_logins_per_user = {}",
+                self.limits.failed_logins_per_user
+            ),
+            format!(
+                "limits.failed_logins_per_ip = {}",
+                self.limits.failed_logins_per_ip
+            ),
+            format!(
+                "limits.login_backoff_initial_secs = {}",
+                secs(self.limits.login_backoff_initial)
+            ),
+            format!(
+                "limits.login_backoff_max_secs = {}",
+                secs(self.limits.login_backoff_max)
+            ),
+            format!(
                 "sessions.token_ttl_secs = {}",
                 secs(self.sessions.token_ttl)
             ),
@@ -428,35 +508,101 @@ impl Config {
         ];
         lines.join("\n")
     }
+
+    /// The lines of [`Config::describe`] that differ from the defaults', in
+    /// the same order and format (secrets masked); empty if none differ. A
+    /// start-up log line of every setting is long enough that nobody reads it.
+    pub fn describe_non_default(&self) -> String {
+        let defaults = Config::default().describe();
+        let described = self.describe();
+        described
+            .lines()
+            .zip(defaults.lines())
+            .filter(|(line, default)| line != default)
+            .map(|(line, _)| line)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
+/// The file's text as values by key. Unknown keys, nulls, syntax errors and
+/// wrong JSON types are refused here, naming the key and the value.
 fn parse_file(text: &str, warnings: &mut Vec<String>) -> Result<File, ConfigError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let mut unknown = Vec::new();
-    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignoring = serde_ignored::Deserializer::new(&mut de, &mut note_unknown);
-    let parsed: File = serde_path_to_error::deserialize(ignoring).map_err(|err| {
-        let key = err.path().to_string();
-        let inner = err.into_inner();
-        if matches!(key.as_str(), "" | "." | "?") {
-            ConfigError {
-                key: None,
-                message: format!("invalid configuration: {inner}"),
-            }
-        } else {
-            ConfigError::at(&key, inner.to_string())
-        }
-    })?;
-    de.end().map_err(|e| ConfigError {
-        key: None,
-        message: format!("invalid configuration: {e}"),
-    })?;
-    warnings.extend(
-        unknown
-            .into_iter()
-            .map(|key| format!("unknown configuration key {key} ignored")),
-    );
-    Ok(parsed)
+    let root = keys::parse(text)?;
+    warnings.extend(keys::check_keys(&root)?);
+    read_file(&keys::Doc::new(&root))
+}
+
+/// Reads every key of [`keys::SECTIONS`], and nothing else.
+fn read_file(doc: &keys::Doc<'_>) -> Result<File, ConfigError> {
+    const ANY: u64 = u64::MAX;
+    let u32_max = u64::from(u32::MAX);
+    Ok(File {
+        server: ServerSection {
+            bind_address: doc.string("server.bind_address")?,
+            port: doc.integer("server.port", u64::from(u16::MAX))?,
+            max_connections: doc.integer("server.max_connections", ANY)?,
+            enable_tls: doc.boolean("server.enable_tls")?,
+            pkcs12_path: doc.path("server.pkcs12_path")?,
+            pkcs12_password: doc.string("server.pkcs12_password")?,
+            cert_path: doc.path("server.cert_path")?,
+            key_path: doc.path("server.key_path")?,
+            max_frame_bytes: doc.integer("server.max_frame_bytes", ANY)?,
+            idle_timeout_secs: doc.number("server.idle_timeout_secs")?,
+            tls_handshake_timeout_secs: doc.number("server.tls_handshake_timeout_secs")?,
+            outbound_queue_bytes: doc.integer("server.outbound_queue_bytes", ANY)?,
+            drain_timeout_secs: doc.number("server.drain_timeout_secs")?,
+        },
+        storage: StorageSection {
+            data_dir: doc.path("storage.data_dir")?,
+            users_file: doc.path("storage.users_file")?,
+        },
+        auth: AuthSection {
+            bcrypt_cost: doc.integer("auth.bcrypt_cost", u32_max)?,
+            max_concurrent_hashes: doc.integer("auth.max_concurrent_hashes", ANY)?,
+        },
+        calls: CallsSection {
+            ringing_timeout_secs: doc.number("calls.ringing_timeout_secs")?,
+        },
+        logging: LoggingSection {
+            log_level: doc.string("logging.log_level")?,
+        },
+        admin: AdminSection {
+            bind_address: doc.string("admin.bind_address")?,
+        },
+        limits: LimitsSection {
+            max_connections_per_ip: doc.integer("limits.max_connections_per_ip", ANY)?,
+            exempt_networks: doc.strings("limits.exempt_networks")?,
+            login_timeout_secs: doc.number("limits.login_timeout_secs")?,
+            frames_per_second: doc.number("limits.frames_per_second")?,
+            frame_burst: doc.integer("limits.frame_burst", u32_max)?,
+            rate_violations_before_disconnect: doc
+                .integer("limits.rate_violations_before_disconnect", u32_max)?,
+            registrations_per_ip_per_minute: doc
+                .integer("limits.registrations_per_ip_per_minute", u32_max)?,
+            registration_burst: doc.integer("limits.registration_burst", u32_max)?,
+            failed_logins_per_user: doc.integer("limits.failed_logins_per_user", u32_max)?,
+            failed_logins_per_ip: doc.integer("limits.failed_logins_per_ip", u32_max)?,
+            login_backoff_initial_secs: doc.number("limits.login_backoff_initial_secs")?,
+            login_backoff_max_secs: doc.number("limits.login_backoff_max_secs")?,
+        },
+        sessions: SessionsSection {
+            token_ttl_secs: doc.number("sessions.token_ttl_secs")?,
+            resume_grace_secs: doc.number("sessions.resume_grace_secs")?,
+            held_max_frames: doc.integer("sessions.held_max_frames", ANY)?,
+            held_max_bytes: doc.integer("sessions.held_max_bytes", ANY)?,
+        },
+        guests: GuestsSection {
+            enabled: doc.boolean("guests.enabled")?,
+            ttl_secs: doc.number("guests.ttl_secs")?,
+        },
+        webrtc: WebrtcSection {
+            stun_servers: doc.strings("webrtc.stun_servers")?,
+            turn_servers: doc.strings("webrtc.turn_servers")?,
+            turn_secret: doc.string("webrtc.turn_secret")?,
+            turn_credential_ttl_secs: doc.number("webrtc.turn_credential_ttl_secs")?,
+        },
+    })
 }
 
 fn seconds(
@@ -833,10 +979,24 @@ fn resolve_limits(l: LimitsSection) -> Result<LimitsConfig, ConfigError> {
             l.rate_violations_before_disconnect,
             d.rate_violations_before_disconnect,
         )?,
+        exempt_networks: l
+            .exempt_networks
+            .unwrap_or_default()
+            .iter()
+            .map(|text| {
+                Cidr::from_str(text)
+                    .map_err(|e| ConfigError::at("limits.exempt_networks", e.to_string()))
+            })
+            .collect::<Result<_, _>>()?,
         registrations_per_ip_per_minute: at_least_one(
             "limits.registrations_per_ip_per_minute",
             l.registrations_per_ip_per_minute,
             d.registrations_per_ip_per_minute,
+        )?,
+        registration_burst: at_least_one(
+            "limits.registration_burst",
+            l.registration_burst,
+            d.registration_burst,
         )?,
         failed_logins_per_user: l.failed_logins_per_user.unwrap_or(d.failed_logins_per_user),
         failed_logins_per_ip: l.failed_logins_per_ip.unwrap_or(d.failed_logins_per_ip),
@@ -885,7 +1045,8 @@ mod tests {
         assert_eq!(c.users_file, PathBuf::from("data/users.txt"));
     }
 
-    /// The reference's keys are read, flags win over the file, and unknown keys only warn.
+    /// The reference's keys are read, flags win over the file, and a
+    /// reference key Switchboard does not use only warns.
     #[test]
     fn reference_keys_are_read_and_flags_win() {
         let json = r#"{"server":{"bind_address":"0.0.0.0","port":9443,"max_connections":50,"enable_tls":true,
@@ -914,7 +1075,9 @@ mod tests {
         assert_eq!(c.webrtc.stun_servers, vec!["stun:x".to_string()]);
         assert_eq!(
             loaded.warnings,
-            vec!["unknown configuration key webrtc.ice_policy ignored"]
+            vec![
+                "webrtc.ice_policy is a RoomRTC reference key that Switchboard does not use (a client-side ICE setting); ignored"
+            ]
         );
     }
 
@@ -1073,13 +1236,302 @@ mod tests {
                 r#"{"server":{"drain_timeout_secs":0}}"#,
                 "server.drain_timeout_secs",
             ),
+            (
+                r#"{"limits":{"registration_burst":0}}"#,
+                "limits.registration_burst",
+            ),
+            (
+                r#"{"limits":{"exempt_networks":["10.0.0.0/8","10.0.0.0/33"]}}"#,
+                "limits.exempt_networks",
+            ),
+            (
+                r#"{"limits":{"exempt_networks":"10.0.0.0/8"}}"#,
+                "limits.exempt_networks",
+            ),
         ];
         for (json, key) in cases {
             let err = load(json, Overrides::default()).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{json}: {err}");
         }
         let err = load("{", Overrides::default()).unwrap_err();
-        assert!(err.message.contains("invalid configuration"), "{err}");
+        assert!(err.message.starts_with("syntax error"), "{err}");
+    }
+
+    /// The message a configuration error ends up as (main.rs puts "invalid
+    /// configuration: " before it).
+    fn message(json: &str) -> String {
+        load(json, Overrides::default()).unwrap_err().to_string()
+    }
+
+    /// An unknown key stops the start, naming the key and the nearest known one,
+    /// for keys and misspelled sections alike; with nothing near, the keys that
+    /// exist there are listed.
+    #[test]
+    fn unknown_keys_are_errors_that_suggest_the_nearest_key() {
+        assert_eq!(
+            message(r#"{"server":{"prot":9000}}"#),
+            "unknown key server.prot; did you mean server.port?"
+        );
+        let err = load(r#"{"server":{"prot":9000}}"#, Overrides::default()).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.prot"));
+        assert_eq!(
+            message(r#"{"sever":{"port":9000}}"#),
+            "unknown key sever; did you mean server?"
+        );
+        assert_eq!(
+            message(r#"{"limits":{"max_conections_per_ip":5}}"#),
+            "unknown key limits.max_conections_per_ip; did you mean limits.max_connections_per_ip?"
+        );
+        assert_eq!(
+            message(r#"{"server":{"data_dir":"d"}}"#),
+            "unknown key server.data_dir; did you mean storage.data_dir?"
+        );
+        assert_eq!(
+            message(r#"{"port":9000}"#),
+            "unknown key port; did you mean server.port?"
+        );
+        assert_eq!(
+            message(r#"{"logging":{"log_levle":"info"}}"#),
+            "unknown key logging.log_levle; did you mean logging.log_level?"
+        );
+        assert_eq!(
+            message(r#"{"guests":{"colour":1}}"#),
+            "unknown key guests.colour; the guests keys are enabled, ttl_secs"
+        );
+        let nothing_near = message(r#"{"switchboard_next":{"x":1}}"#);
+        assert!(
+            nothing_near
+                .starts_with("unknown key switchboard_next; the sections are server, storage,"),
+            "{nothing_near}"
+        );
+        // A typo inside a reference-only section is an error too.
+        assert_eq!(
+            message(r#"{"security":{"max_request_per_minute":5}}"#),
+            "unknown key security.max_request_per_minute; did you mean security.max_requests_per_minute?"
+        );
+    }
+
+    /// The RoomRTC reference's keys that Switchboard does not use load, with a
+    /// warning each naming the key; their values are not checked.
+    #[test]
+    fn reference_only_keys_load_with_a_warning() {
+        let json = r#"{
+            "server": {"bind_address": "0.0.0.0", "port": 8081, "max_connections": 100},
+            "logging": {"log_file_path": "roomrtc-server.log", "log_level": "info",
+                        "enable_console": true, "enable_file": true},
+            "webrtc": {"rtp_port_range_start": 5000, "rtp_port_range_end": 6000,
+                       "ice_gathering_timeout_ms": 5000, "connection_timeout_ms": 10000},
+            "security": {"session_timeout_secs": 3600, "max_sessions_per_user": 5,
+                         "enable_rate_limiting": true, "max_requests_per_minute": 60},
+            "persistence": {"enable_persistence": true, "data_directory": "./data",
+                            "auto_save_interval_secs": null}
+        }"#;
+        let loaded = load(json, Overrides::default()).unwrap();
+        assert_eq!(loaded.config.port, 8081);
+        assert_eq!(loaded.warnings.len(), 14, "{:#?}", loaded.warnings);
+        assert!(
+            loaded.warnings.contains(
+                &"persistence.data_directory is a RoomRTC reference key that Switchboard does not use (see storage.data_dir); ignored".to_string()
+            ),
+            "{:#?}",
+            loaded.warnings
+        );
+        for (key, _) in REFERENCE_ONLY_KEYS {
+            assert!(
+                key == &"webrtc.ice_policy"
+                    || loaded
+                        .warnings
+                        .iter()
+                        .any(|w| w.starts_with(&format!("{key} "))),
+                "{key}"
+            );
+        }
+    }
+
+    /// A file that is not an object of sections, a section that is not an
+    /// object, and a null value are refused with messages about the file.
+    #[test]
+    fn non_objects_and_nulls_are_refused() {
+        assert_eq!(
+            message("[]"),
+            r#"the configuration must be a JSON object of sections, such as {"server": {"port": 8080}}; got []"#
+        );
+        assert_eq!(
+            message(r#"{"server":[]}"#),
+            "server: expected an object of server.* keys, got []"
+        );
+        assert_eq!(
+            message(r#"{"server":{"port":null}}"#),
+            "server.port: null is not a valid value; remove the key for the default"
+        );
+        assert_eq!(
+            message(r#"{"limits":null}"#),
+            "limits: null is not a valid value; remove the key for the default"
+        );
+        assert_eq!(
+            message("  \n"),
+            "the configuration file is empty; write {} to use every default"
+        );
+        assert!(message("8080").ends_with("got 8080"));
+    }
+
+    /// Messages speak of keys and JSON values, never of Rust types, and say
+    /// "invalid configuration" nowhere (main.rs says it once, in front).
+    #[test]
+    fn messages_speak_of_keys_and_values() {
+        let cases = [
+            (
+                r#"{"server":{"port":"80"}}"#,
+                r#"server.port: expected an integer from 0 to 65535, got "80""#,
+            ),
+            (
+                r#"{"server":{"port":70000}}"#,
+                "server.port: expected an integer from 0 to 65535, got 70000",
+            ),
+            (
+                r#"{"server":{"port":80.5}}"#,
+                "server.port: expected an integer from 0 to 65535, got 80.5",
+            ),
+            (
+                r#"{"server":{"max_connections":-1}}"#,
+                "server.max_connections: expected an integer, 0 or more, got -1",
+            ),
+            (
+                r#"{"server":{"enable_tls":"yes"}}"#,
+                r#"server.enable_tls: expected true or false, got "yes""#,
+            ),
+            (
+                r#"{"server":{"idle_timeout_secs":"60"}}"#,
+                r#"server.idle_timeout_secs: expected a number, got "60""#,
+            ),
+            (
+                r#"{"logging":{"log_level":3}}"#,
+                "logging.log_level: expected a string, got 3",
+            ),
+            (
+                r#"{"webrtc":{"stun_servers":["stun:a",{"urls":"stun:b"}]}}"#,
+                r#"webrtc.stun_servers: expected an array of strings, got ["stun:a",{"urls":"stun:b"}]"#,
+            ),
+            (
+                r#"{"auth":{"bcrypt_cost":4294967296}}"#,
+                "auth.bcrypt_cost: expected an integer from 0 to 4294967295, got 4294967296",
+            ),
+            (
+                "{\n  \"server\": {\n    \"port\": 1,\n  }\n}",
+                "syntax error at line 4 column 3: trailing comma",
+            ),
+            (
+                "{\"server\": {\"port\": 1}",
+                "syntax error at line 1 column 22: the file ends inside a value (a } or ] missing?)",
+            ),
+            (
+                "{server: 1}",
+                "syntax error at line 1 column 2: key must be a string",
+            ),
+        ];
+        for (json, expected) in cases {
+            let got = message(json);
+            assert_eq!(got, expected, "{json}");
+            for rust in [
+                "u16",
+                "u32",
+                "usize",
+                "struct",
+                "invalid type",
+                "invalid configuration",
+                ".?",
+            ] {
+                assert!(!got.contains(rust), "{got}");
+            }
+        }
+    }
+
+    /// The key table and the reads agree: every key in the table is read, and
+    /// nothing outside it.
+    #[test]
+    fn every_key_in_the_table_is_read() {
+        let root = serde_json::Map::new();
+        let doc = keys::Doc::new(&root);
+        read_file(&doc).unwrap();
+        let table: std::collections::BTreeSet<String> = keys::SECTIONS
+            .iter()
+            .flat_map(|(section, names)| names.iter().map(move |n| format!("{section}.{n}")))
+            .collect();
+        assert_eq!(doc.keys_read(), table);
+    }
+
+    /// CONFIG.md documents every key, and lists every reference-only key.
+    #[test]
+    fn config_md_documents_every_key() {
+        let doc = include_str!("../../CONFIG.md");
+        for (section, names) in keys::SECTIONS {
+            for name in *names {
+                let key = format!("`{section}.{name}`");
+                assert!(doc.contains(&key), "CONFIG.md does not document {key}");
+            }
+        }
+        for (key, _) in REFERENCE_ONLY_KEYS {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "CONFIG.md does not list {key}"
+            );
+        }
+    }
+
+    /// limits.exempt_networks takes IPv4 and IPv6 networks; the burst and
+    /// per-address defaults fit shared addresses.
+    #[test]
+    fn exempt_networks_and_the_registration_burst() {
+        let d = LimitsConfig::default();
+        assert_eq!(
+            (
+                d.max_connections_per_ip,
+                d.registration_burst,
+                d.registrations_per_ip_per_minute
+            ),
+            (256, 30, 10)
+        );
+        assert!(d.exempt_networks.is_empty());
+        let json = r#"{"limits":{"exempt_networks":["10.0.0.0/8","127.0.0.0/8","::1/128","192.0.2.7"],
+            "registration_burst":5}}"#;
+        let c = load(json, Overrides::default()).unwrap().config;
+        let nets: Vec<String> = c
+            .limits
+            .exempt_networks
+            .iter()
+            .map(Cidr::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "127.0.0.0/8", "::1/128", "192.0.2.7/32"]
+        );
+        assert_eq!(c.limits.registration_burst, 5);
+        assert!(
+            c.describe()
+                .contains("limits.exempt_networks = 10.0.0.0/8,127.0.0.0/8,::1/128,192.0.2.7/32\n")
+        );
+        assert_eq!(
+            message(r#"{"limits":{"exempt_networks":["10.1.2.3/8"]}}"#),
+            r#"limits.exempt_networks: "10.1.2.3/8" has address bits set after the /8 prefix; did you mean 10.0.0.0/8?"#
+        );
+        assert_eq!(
+            message(r#"{"limits":{"exempt_networks":["office"]}}"#),
+            r#"limits.exempt_networks: "office" is not a network: "office" is not an IP address (write a network as 10.0.0.0/8 or fd00::/8)"#
+        );
+    }
+
+    /// describe_non_default() keeps describe()'s lines that differ from the
+    /// defaults, secrets masked, and nothing for the defaults.
+    #[test]
+    fn describe_non_default_shows_only_what_differs() {
+        assert_eq!(Config::default().describe_non_default(), "");
+        let json = r#"{"server":{"port":9000},"limits":{"exempt_networks":["10.0.0.0/8"]},
+            "webrtc":{"turn_servers":["turn:t:3478"],"turn_secret":"hush"}}"#;
+        let c = load(json, Overrides::default()).unwrap().config;
+        assert_eq!(
+            c.describe_non_default(),
+            "server.port = 9000\nlimits.exempt_networks = 10.0.0.0/8\nwebrtc.turn_servers = turn:t:3478\nwebrtc.turn_secret = ***"
+        );
     }
 
     /// The PKCS#12 password can come from the environment, and describe() masks it.

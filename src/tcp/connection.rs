@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, trace};
 use rustix::event::{PollFd, PollFlags};
 
-use super::frame::{self, Decoded};
+use super::frame::{self, Decoded, Foreign};
 use super::message::{MessageType, Request, ServerMessage};
 use super::outbox::{CloseReason, Outbox};
 use super::poll::poll_until;
@@ -81,6 +81,9 @@ pub struct Connection {
     queue_pending: bool,
     /// The peer sent EOF: answer what was read, then close.
     input_closed: bool,
+    /// A whole frame has been read: from then on bad bytes are a broken
+    /// client, not someone speaking another protocol to the port.
+    framed: bool,
     last_frame: Instant,
     /// Since when the connection has had no session (opened, or logged out):
     /// the login timeout counts from here.
@@ -124,6 +127,7 @@ impl Connection {
             out_pos: 0,
             queue_pending: false,
             input_closed: false,
+            framed: false,
             last_frame: Instant::now(),
             anonymous_since: opened,
             stalled_since: None,
@@ -395,6 +399,7 @@ impl Connection {
                 }
                 Ok(Some((decoded, used))) => {
                     pos += used;
+                    self.framed = true;
                     self.last_frame = Instant::now();
                     if !self.admit_frame() {
                         continue;
@@ -410,8 +415,28 @@ impl Connection {
                     }
                 }
                 Err(too_large) => {
-                    self.reply_error(AppError::TooLarge(too_large.to_string()), None);
-                    self.start_closing("frame too large");
+                    let foreign = if self.framed {
+                        None
+                    } else {
+                        Foreign::sniff(&input[pos..])
+                    };
+                    match foreign {
+                        Some(foreign) => {
+                            self.reply_error(
+                                AppError::BadRequest(foreign.explanation().into()),
+                                None,
+                            );
+                            self.start_closing(match foreign {
+                                Foreign::Http => "not the Switchboard protocol (HTTP)",
+                                Foreign::Tls => "not the Switchboard protocol (TLS)",
+                                Foreign::Text => "not the Switchboard protocol (text)",
+                            });
+                        }
+                        None => {
+                            self.reply_error(AppError::TooLarge(too_large.to_string()), None);
+                            self.start_closing("frame too large");
+                        }
+                    }
                     pos = input.len();
                 }
             }

@@ -27,15 +27,20 @@ pub enum Decoded<'a> {
 /// A length the stream cannot recover from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge {
+    /// The declared length; with fewer than four prefix bytes read, the least
+    /// it can be whatever follows.
     pub declared: u32,
     pub max: usize,
+    /// All four prefix bytes were read (else `declared` is a lower bound).
+    pub complete: bool,
 }
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at_least = if self.complete { "" } else { "at least " };
         write!(
             f,
-            "frame length {} exceeds the limit of {} bytes",
+            "frame length {at_least}{} exceeds the limit of {} bytes",
             self.declared, self.max
         )
     }
@@ -47,9 +52,22 @@ impl std::error::Error for TooLarge {}
 /// otherwise the frame and how many bytes it used. `max_len` bounds LEN.
 ///
 /// # Errors
-/// [`TooLarge`] as soon as the prefix declares more than `max_len`.
+/// [`TooLarge`] as soon as the prefix declares more than `max_len`, even before
+/// all four of its bytes arrived: `hi\n` from a person at a terminal can never
+/// become a valid prefix, and waiting for a fourth byte would leave them
+/// staring at a silent connection until the login timeout.
 pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Decoded<'_>, usize)>, TooLarge> {
     let Some(prefix) = buf.first_chunk::<PREFIX_LEN>() else {
+        let mut padded = [0u8; PREFIX_LEN];
+        padded[..buf.len()].copy_from_slice(buf);
+        let least = u32::from_be_bytes(padded);
+        if least as usize > max_len {
+            return Err(TooLarge {
+                declared: least,
+                max: max_len,
+                complete: false,
+            });
+        }
         return Ok(None);
     };
     let declared = u32::from_be_bytes(*prefix);
@@ -58,6 +76,7 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Decoded<'_>, usize)>
         return Err(TooLarge {
             declared,
             max: max_len,
+            complete: true,
         });
     }
     if len == 0 {
@@ -72,6 +91,61 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Decoded<'_>, usize)>
         payload: &buf[HEADER_LEN..total],
     };
     Ok(Some((frame, total)))
+}
+
+/// What a stream that does not start with a frame most likely is. Only asked
+/// of a connection's first bytes, once they cannot be a frame (see [`decode`]):
+/// a valid first frame below 16 MiB starts with a zero byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// An HTTP request line (`GET / HTTP/1.1`, a probe, a browser, curl).
+    Http,
+    /// A TLS ClientHello sent to a plain-TCP port.
+    Tls,
+    /// Printable text: a person at `nc` or `telnet`, a text protocol.
+    Text,
+}
+
+impl Foreign {
+    /// Recognises the common mistakes from the first bytes of a stream.
+    pub fn sniff(start: &[u8]) -> Option<Foreign> {
+        const METHODS: [&[u8]; 9] = [
+            b"GET ",
+            b"HEAD ",
+            b"POST ",
+            b"PUT ",
+            b"DELETE ",
+            b"OPTIONS ",
+            b"PATCH ",
+            b"CONNECT ",
+            b"PRI ",
+        ];
+        if METHODS.iter().any(|m| start.starts_with(m)) {
+            return Some(Foreign::Http);
+        }
+        // A TLS handshake record: content type 22, version 3.x.
+        if start.len() >= 2 && start[0] == 0x16 && start[1] == 0x03 {
+            return Some(Foreign::Tls);
+        }
+        let printable = |b: &u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        let head = &start[..start.len().min(64)];
+        (!head.is_empty() && head.iter().all(printable)).then_some(Foreign::Text)
+    }
+
+    /// The ERROR message that tells the sender what this port is.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Foreign::Http => {
+                "this port speaks Switchboard's binary protocol, not HTTP: a frame is a 4-byte big-endian length, a type byte and a JSON payload (see PROTOCOL.md); /healthz and /metrics are served on the admin listener (admin.bind_address)"
+            }
+            Foreign::Tls => {
+                "this port speaks Switchboard's binary protocol over plain TCP, not TLS: connect without TLS, or to the port the server serves TLS on (see PROTOCOL.md)"
+            }
+            Foreign::Text => {
+                "this port speaks Switchboard's binary protocol, not text: a frame is a 4-byte big-endian length, a type byte and a JSON payload (see PROTOCOL.md; switchboard-cli session speaks it from a shell)"
+            }
+        }
+    }
 }
 
 /// Encodes a frame around raw payload bytes.
@@ -184,17 +258,59 @@ mod tests {
             decode(&[0xff, 0xff, 0xff, 0xff], 1 << 20),
             Err(TooLarge {
                 declared: u32::MAX,
-                max: 1 << 20
+                max: 1 << 20,
+                complete: true
             })
         );
         assert_eq!(
             decode(&[0, 0, 0, 65], 64),
             Err(TooLarge {
                 declared: 65,
-                max: 64
+                max: 64,
+                complete: true
             })
         );
         assert!(matches!(decode(&[0, 0, 0, 64], 64), Ok(None)));
         assert_eq!(decode(&[0, 0, 0], 64), Ok(None));
+    }
+
+    /// HTTP, a TLS ClientHello and typed text are told apart from binary garbage.
+    #[test]
+    fn foreign_protocols_are_recognised() {
+        assert_eq!(
+            Foreign::sniff(b"GET /healthz HTTP/1.1\r\n"),
+            Some(Foreign::Http)
+        );
+        assert_eq!(Foreign::sniff(b"POST /x HTTP/1.0"), Some(Foreign::Http));
+        assert_eq!(
+            Foreign::sniff(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some(Foreign::Tls)
+        );
+        assert_eq!(Foreign::sniff(b"hello\r\n"), Some(Foreign::Text));
+        assert_eq!(Foreign::sniff(b"hi\n"), Some(Foreign::Text));
+        assert_eq!(Foreign::sniff(&[0xff, 0xfe, 0x00, 0x01]), None);
+        assert_eq!(Foreign::sniff(b""), None);
+    }
+
+    /// A partial prefix that can only grow past the limit is refused at once
+    /// (`hi\n` at a terminal); one that may still fit waits for more bytes.
+    #[test]
+    fn a_partial_prefix_already_over_the_limit_is_refused() {
+        assert_eq!(
+            decode(b"hi\n", 1 << 20),
+            Err(TooLarge {
+                declared: u32::from_be_bytes(*b"hi\n\0"),
+                max: 1 << 20,
+                complete: false
+            })
+        );
+        assert!(
+            decode(b"h", 1 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("at least")
+        );
+        assert_eq!(decode(&[0, 0x10], 1 << 20), Ok(None));
+        assert_eq!(decode(&[], 1 << 20), Ok(None));
     }
 }

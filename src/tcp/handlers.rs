@@ -589,7 +589,7 @@ fn heartbeat(h: Heartbeat) -> ServerMessage {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     ServerMessage::Heartbeat(Heartbeat {
-        timestamp: h.timestamp,
+        timestamp: Some(h.timestamp.unwrap_or_else(|| now.into())),
         server_time: Some(now),
         req_id: h.req_id,
     })

@@ -434,9 +434,14 @@ pub struct Hangup {
 }
 
 /// HEARTBEAT. The answer echoes `timestamp` and adds `server_time` (Unix ms).
+///
+/// RoomRTC clients always send `timestamp`; a script may leave it out
+/// (`{"type":"HEARTBEAT"}`), and the answer then carries the server's time in
+/// both fields, so a v1 client reading the answer always finds a timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    pub timestamp: serde_json::Number,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<serde_json::Number>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_time: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -745,7 +750,7 @@ mod tests {
                 req_id: None,
             }),
             Request::Heartbeat(Heartbeat {
-                timestamp: 1700000000123u64.into(),
+                timestamp: Some(1700000000123u64.into()),
                 server_time: None,
                 req_id: None,
             }),
@@ -839,7 +844,7 @@ mod tests {
                 req_id: None,
             }),
             ServerMessage::Heartbeat(Heartbeat {
-                timestamp: 5.into(),
+                timestamp: Some(5.into()),
                 server_time: Some(6),
                 req_id: None,
             }),

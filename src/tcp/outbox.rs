@@ -36,6 +36,7 @@ pub enum CloseReason {
     GuestExpired,
     AccountDeleted,
     LoggedOut,
+    Kicked,
 }
 
 impl CloseReason {
@@ -47,6 +48,7 @@ impl CloseReason {
             CloseReason::GuestExpired => "guest session expired",
             CloseReason::AccountDeleted => "account deleted",
             CloseReason::LoggedOut => "logged out elsewhere",
+            CloseReason::Kicked => "session ended by an operator",
         }
     }
 }
@@ -340,6 +342,7 @@ fn close_reason(why: SessionEnd) -> CloseReason {
         SessionEnd::GuestExpired => CloseReason::GuestExpired,
         SessionEnd::AccountDeleted => CloseReason::AccountDeleted,
         SessionEnd::LoggedOut => CloseReason::LoggedOut,
+        SessionEnd::Kicked => CloseReason::Kicked,
     }
 }
 
@@ -350,6 +353,7 @@ fn session_end_message(why: SessionEnd) -> ServerMessage {
         SessionEnd::GuestExpired => ServerMessage::error(401, "guest session expired", None),
         SessionEnd::AccountDeleted => ServerMessage::error(401, "account deleted", None),
         SessionEnd::LoggedOut => ServerMessage::error(401, "logged out elsewhere", None),
+        SessionEnd::Kicked => ServerMessage::error(401, "session ended by an operator", None),
     }
 }
 

@@ -54,9 +54,9 @@ fn request() -> impl Strategy<Value = Request> {
         ),
         (proptest::option::of(".*"), req_id())
             .prop_map(|(call_id, req_id)| Request::Hangup(Hangup { call_id, req_id })),
-        (any::<i64>(), req_id()).prop_map(|(t, req_id)| {
+        (proptest::option::of(any::<i64>()), req_id()).prop_map(|(t, req_id)| {
             Request::Heartbeat(Heartbeat {
-                timestamp: t.into(),
+                timestamp: t.map(Into::into),
                 server_time: None,
                 req_id,
             })

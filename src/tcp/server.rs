@@ -21,8 +21,9 @@ use crate::application::auth::AuthLimits;
 use crate::application::hub::{HoldLimits, HubSettings};
 use crate::application::{
     Authenticator, Hub, IceSettings, Notifier, PasswordHasher, SessionEnd, SessionStore,
-    SessionTokens, UserStore,
+    SessionTokens, UserAdmin, UserStore,
 };
+use crate::domain::limits::Cidr;
 use crate::metrics::{Gauges, Metrics};
 
 /// Connection threads need little stack: no recursion beyond serde_json's
@@ -43,6 +44,9 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Concurrent connections from one source address.
     pub max_connections_per_ip: usize,
+    /// Source addresses many people share: not counted per address (the
+    /// global `max_connections` still counts them).
+    pub exempt_networks: Vec<Cidr>,
     /// A connection not logged in by then is closed.
     pub login_timeout: Duration,
     /// Frames per second per connection (token bucket rate) and burst.
@@ -83,8 +87,10 @@ pub struct Storage {
 /// State shared by the listener and every connection thread.
 pub struct Shared {
     pub hub: Arc<Hub>,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub tokens: SessionTokens,
+    /// The token revocation journal (also inside `tokens`), for the operator's kick.
+    revocations: Arc<dyn SessionStore>,
     pub ice: IceSettings,
     pub sessions: SessionSettings,
     pub connections: Arc<Connections>,
@@ -147,11 +153,12 @@ impl Server {
             hub_settings,
             metrics.clone(),
         ));
+        let revocations = storage.revocations;
         let tokens = SessionTokens::new(
             storage.session_secret,
             settings.sessions.token_ttl_secs,
             users.clone(),
-            storage.revocations,
+            revocations.clone(),
         );
         let hasher = PasswordHasher::new(
             settings.bcrypt_cost,
@@ -163,8 +170,9 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 hub,
-                auth: Authenticator::new(users, hasher, settings.auth_limits),
+                auth: Arc::new(Authenticator::new(users, hasher, settings.auth_limits)),
                 tokens,
+                revocations,
                 ice: settings.ice,
                 sessions: settings.sessions,
                 connections,
@@ -285,6 +293,17 @@ impl ServerHandle {
 
     pub fn observer(&self) -> Observer {
         Observer(self.shared.clone())
+    }
+
+    /// The operator's use cases on this server's users and live sessions
+    /// (the admin socket serves them).
+    pub fn user_admin(&self) -> UserAdmin {
+        UserAdmin::new(
+            self.shared.hub.users().clone(),
+            self.shared.auth.clone(),
+            self.shared.revocations.clone(),
+            Some(self.shared.hub.clone()),
+        )
     }
 
     /// Serves new TLS handshakes with `acceptor` (certificate rotation);
@@ -432,6 +451,11 @@ impl Shared {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         if self.open.load(Ordering::SeqCst) >= self.limits.max_connections {
             return Err((503, "server is at max_connections; try again later".into()));
+        }
+        if Cidr::any_contains(&self.limits.exempt_networks, ip) {
+            // Not counted per address, so release() finds no entry for it.
+            self.open.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
         }
         let count = per_ip.entry(ip).or_insert(0);
         if *count >= self.limits.max_connections_per_ip {

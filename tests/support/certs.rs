@@ -111,3 +111,28 @@ pub fn make(dir: &Path) -> Certs {
     .expect("write key");
     certs
 }
+
+/// Writes a fresh PKCS#8 PEM key to `path`: it belongs to no certificate.
+pub fn write_stray_key(path: &Path) {
+    std::fs::write(path, key().private_key_to_pem_pkcs8().expect("pkcs8")).expect("write key");
+}
+
+/// Writes DIR/foreign.p12 (password `certs.pkcs12_password`): a fresh key with the
+/// server certificate of `certs`, which is not that key's. OpenSSL refuses to
+/// pair them in one bag, so the certificate goes in as a chain certificate, as
+/// a careless export would leave it.
+pub fn write_pkcs12_with_a_foreign_key(dir: &Path, certs: &Certs) -> PathBuf {
+    let pem = std::fs::read(&certs.cert_pem).expect("read server.pem");
+    let server = X509::from_pem(&pem).expect("server.pem");
+    let mut chain = openssl::stack::Stack::new().expect("stack");
+    chain.push(server).expect("push");
+    let p12 = Pkcs12::builder()
+        .name("switchboard")
+        .pkey(&key())
+        .ca(chain)
+        .build2(&certs.pkcs12_password)
+        .expect("pkcs12");
+    let path = dir.join("foreign.p12");
+    std::fs::write(&path, p12.to_der().expect("der")).expect("write p12");
+    path
+}
