@@ -50,4 +50,8 @@ run storm --clients "$STORM" --timeout 90
 run idle --clients "$LOGINS" --bcrypt-cost 10
 run idle --clients "$IDLE" --timeout 90
 run reconnect --clients "$STORM" --bcrypt-cost 10
+# Storage: files go under $OUT (the disk being measured) and are removed afterwards.
+if [[ "${QUICK:-0}" == 1 ]]; then JSECS=1 MESSAGES=100000; else JSECS=3 MESSAGES=1000000; fi
+run journal --writers 1,16,64 --seconds "$JSECS" --dir "$OUT/journal"
+run conversations --messages "$MESSAGES" --conversations 1000 --dir "$OUT/conversations"
 echo "# total $((SECONDS - START)) s; results in $JSONL and $TXT" | tee -a "$TXT"

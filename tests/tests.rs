@@ -13,6 +13,7 @@ mod cli;
 mod faults;
 mod guests;
 mod ice;
+mod journal;
 mod limits;
 mod operations;
 mod persistence;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod hub;
 pub mod ice;
 pub mod ports;
+pub mod store;
 pub mod tokens;
 
 pub use admin::UserAdmin;

@@ -10,6 +10,7 @@
 //! - [`floor`]: the minimal thread-per-connection relay the daemon is compared with.
 //! - [`swarm`]: thousands of clients on a few poll(2) threads (`idle`, `storm`).
 //! - [`setup`]: scripted calls, CALL_REQUEST to the last ICE candidate.
+//! - [`journal`]: the journal against SQLite, and conversation logs at a million messages.
 //! - [`stats`]: percentiles, loss and reordering.
 //! - [`client`]: a blocking client over [`crate::tcp::frame`] and [`crate::tcp::message`].
 //! - [`daemon`]: starting the daemon, its users file, /proc and /metrics.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod daemon;
 pub mod floor;
+pub mod journal;
 pub mod relay;
 pub mod setup;
 pub mod stats;

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use switchboard::bench::{self, Common, daemon, floor, relay::RelayOptions, setup::SetupOptions};
+use switchboard::bench::{
+    self, Common, daemon, floor, journal, relay::RelayOptions, setup::SetupOptions,
+};
 
-/// Load generator for Switchboard: relay, idle, storm, reconnect and setup workloads, and the floor relay.
+/// Load generator for Switchboard: relay, idle, storm, reconnect and setup workloads, the floor relay,
+/// and the storage workloads (journal, conversations).
 ///
 /// Each workload starts its own daemon (and the floor, for relay), prints a
 /// human summary and then one JSON line with its figures.
@@ -78,6 +81,54 @@ enum Command {
         pairs: usize,
         #[arg(long, default_value_t = 100)]
         calls: usize,
+    },
+    /// Acknowledged (fsync'd) 200-byte appends: the journal's group commit
+    /// against SQLite (WAL, synchronous=FULL); one JSON line per engine and writer count.
+    Journal {
+        /// Writer counts, comma-separated.
+        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+        writers: Vec<usize>,
+        /// Seconds per engine and writer count.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Bytes per record.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Where the files go (on the disk to measure; removed afterwards).
+        #[arg(long, default_value = "bench-journal")]
+        dir: PathBuf,
+    },
+    /// Conversation logs: fill, then start-up time, RSS per message and
+    /// 50-message page latency in a fresh process.
+    Conversations {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1000)]
+        conversations: u64,
+        /// Threads filling the logs.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Pages read after the restart.
+        #[arg(long, default_value_t = 10_000)]
+        pages: usize,
+        /// Bytes per message body.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        #[arg(long, default_value = "bench-conversations")]
+        dir: PathBuf,
+        /// Only the second phase: open what is in --dir and page it.
+        #[arg(long, hide = true)]
+        open_only: bool,
+    },
+    /// Writers that print each acknowledged record (the kill -9 test).
+    #[command(hide = true)]
+    JournalWriter {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
     },
     /// Run the floor relay on 127.0.0.1 (prints `listening on ADDR`).
     Floor {
@@ -168,6 +219,56 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
         } => {
             need(clients + 64);
             bench::reconnect_workload(&common, clients, threads, Duration::from_secs_f64(timeout))?
+        }
+        Command::Journal {
+            writers,
+            seconds,
+            size,
+            dir,
+        } => {
+            let lines = journal::journal_workload(&journal::JournalOptions {
+                writers,
+                duration: Duration::from_secs_f64(seconds),
+                size,
+                dir,
+            })?;
+            for line in lines {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+        Command::Conversations {
+            messages,
+            conversations,
+            writers,
+            pages,
+            size,
+            dir,
+            open_only,
+        } => {
+            if open_only {
+                journal::conversations_open(&dir, pages)?
+            } else {
+                journal::conversations_workload(
+                    &journal::ConversationOptions {
+                        messages,
+                        conversations,
+                        writers,
+                        pages,
+                        size,
+                        dir,
+                    },
+                    &common.bench,
+                )?
+            }
+        }
+        Command::JournalWriter {
+            dir,
+            writers,
+            seconds,
+        } => {
+            journal::journal_writer(&dir, writers, seconds)?;
+            return Ok(());
         }
         Command::Setup { pairs, calls } => bench::setup_workload(
             &common,

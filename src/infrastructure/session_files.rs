@@ -6,20 +6,30 @@
 //! mint a session for any user.
 //!
 //! `revocations.txt` is an append-only journal, one `user_id generation` line
-//! per revocation (LOGOUT), fsync'd before the LOGOUT is answered. The last
-//! line of a user wins. It is compacted at start when it holds many stale lines.
+//! per revocation (LOGOUT), written through the journal's Lines format: the
+//! LOGOUT is answered once the fsync covering its line returns, and
+//! concurrent revocations share that fsync. The highest generation of a user
+//! wins. When stale lines outnumber the users (twice over, plus 64) it is
+//! compacted to one line per user: at start, and in the background while
+//! running.
+//!
+//! Locks: `generations` guards the generation per user and the line count;
+//! held for memory work and the enqueue, never across I/O (generations ->
+//! journal state; a compaction: journal maintenance -> generations).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{info, warn};
 
-use super::fsutil::{replace_atomically, replace_atomically_with_mode};
+use super::fsutil::replace_atomically_with_mode;
+use super::journal::{Format, Journal, OpenError, Spec};
 use crate::application::SessionStore;
 use crate::domain::UserId;
 
@@ -92,12 +102,28 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; SECRET_LEN], SessionFil
 }
 
 /// The revocation journal, a [`SessionStore`]. Token checks read the
-/// generations and never wait for the disk: only revocations queue on the
-/// writer, whose lock orders the appends.
+/// generations and never wait for the disk; revocations share fsyncs.
 pub struct RevocationFile {
-    path: PathBuf,
-    generations: Mutex<HashMap<UserId, u64>>,
-    writer: Mutex<File>,
+    inner: Arc<Revocations>,
+}
+
+struct Revocations {
+    journal: Journal,
+    generations: Mutex<Generations>,
+    compacting: AtomicBool,
+}
+
+#[derive(Default)]
+struct Generations {
+    by_user: HashMap<UserId, u64>,
+    /// Lines in the file (a compaction is due when most are stale).
+    lines: usize,
+}
+
+impl Generations {
+    fn stale(&self) -> bool {
+        self.lines > 2 * self.by_user.len() + 64
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,105 +137,130 @@ impl RevocationFile {
     /// # Errors
     /// I/O failures and malformed lines, with their number.
     pub fn open(path: &Path) -> Result<RevocationFile, SessionFileError> {
-        let io_err = |err| SessionFileError::Io {
-            path: path.to_path_buf(),
-            err,
+        let mut generations = Generations::default();
+        let spec = Spec {
+            format: Format::Lines,
+            initial: REVOCATIONS_HEADER.as_bytes(),
+            record_name: "a revocation",
         };
-        let content = match fs::read_to_string(path) {
-            Ok(content) => content,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(err) => return Err(io_err(err)),
-        };
-        let complete = content.rfind('\n').map_or(0, |i| i + 1);
-        if complete < content.len() {
-            warn!(
-                "dropping torn last line of {} (a revocation interrupted before it was acknowledged)",
-                path.display()
-            );
-        }
-        let mut generations = HashMap::new();
-        let mut lines = 0;
-        for (n, line) in content[..complete].lines().enumerate() {
+        let journal = Journal::open(path, spec, |r| {
+            let line = std::str::from_utf8(r.payload).map_err(|_| "not valid UTF-8".to_string())?;
             if line.trim().is_empty() || line.starts_with('#') {
-                continue;
+                return Ok(());
             }
-            let parsed = line
+            let (user, generation) = line
                 .split_once(' ')
                 .and_then(|(user, generation)| {
                     Some((UserId::parse(user)?, generation.parse::<u64>().ok()?))
                 })
-                .ok_or_else(|| SessionFileError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: expected `user_id generation`", n + 1),
-                })?;
-            let slot = generations.entry(parsed.0).or_insert(0);
-            *slot = (*slot).max(parsed.1);
-            lines += 1;
-        }
-        // Rewritten when new, torn, or mostly stale lines.
-        let file =
-            if content.is_empty() || complete < content.len() || lines > 2 * generations.len() + 64
-            {
-                let mut text = String::from(REVOCATIONS_HEADER);
-                let mut users: Vec<_> = generations.iter().collect();
-                users.sort();
-                for (user, generation) in users {
-                    text.push_str(&format!("{user} {generation}\n"));
-                }
-                replace_atomically(path, text.as_bytes()).map_err(io_err)?
-            } else {
-                OpenOptions::new().append(true).open(path).map_err(io_err)?
-            };
-        Ok(RevocationFile {
-            path: path.to_path_buf(),
-            generations: Mutex::new(generations),
-            writer: Mutex::new(file),
+                .ok_or_else(|| "expected `user_id generation`".to_string())?;
+            let slot = generations.by_user.entry(user).or_insert(0);
+            *slot = (*slot).max(generation);
+            generations.lines += 1;
+            Ok(())
         })
+        .map_err(|e| match e {
+            OpenError::Io { err, .. } => SessionFileError::Io {
+                path: path.to_path_buf(),
+                err,
+            },
+            OpenError::Invalid { line, reason, .. } => SessionFileError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("line {}: {reason}", line.unwrap_or(0)),
+            },
+            OpenError::Corrupt { reason, .. } => SessionFileError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })?;
+        let stale = generations.stale();
+        let inner = Arc::new(Revocations {
+            journal,
+            generations: Mutex::new(generations),
+            compacting: AtomicBool::new(false),
+        });
+        if stale {
+            inner.compact().map_err(|err| SessionFileError::Io {
+                path: path.to_path_buf(),
+                err,
+            })?;
+        }
+        Ok(RevocationFile { inner })
     }
 }
 
-/// The whole journal as it should read: one line per user.
-fn journal_text(generations: &HashMap<UserId, u64>) -> String {
-    let mut text = String::from(REVOCATIONS_HEADER);
-    let mut users: Vec<_> = generations.iter().collect();
-    users.sort();
-    for (user, generation) in users {
-        text.push_str(&format!("{user} {generation}\n"));
+impl Revocations {
+    /// Rewrites the journal as one line per user.
+    fn compact(&self) -> io::Result<()> {
+        let mut rewrite = self.journal.begin_rewrite()?;
+        let mut users: Vec<(UserId, u64)> = lock(&self.generations)
+            .by_user
+            .iter()
+            .map(|(u, g)| (*u, *g))
+            .collect();
+        users.sort();
+        rewrite.push(REVOCATIONS_HEADER.trim_end().as_bytes())?;
+        for (user, generation) in &users {
+            rewrite.push(format!("{user} {generation}").as_bytes())?;
+        }
+        self.journal
+            .finish_rewrite(rewrite, &self.generations, |g, _| {
+                g.lines = g.by_user.len();
+            })?;
+        info!(
+            "compacted {} to {} users",
+            self.journal.path().display(),
+            users.len()
+        );
+        Ok(())
     }
-    text
+
+    fn compact_in_background(self: &Arc<Self>) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("compact-revocations".into())
+            .spawn(move || {
+                if let Err(err) = inner.compact() {
+                    warn!("revocation journal compaction failed: {err}; the old file stays in use");
+                }
+                inner.compacting.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.compacting.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl SessionStore for RevocationFile {
     fn generation(&self, user: UserId) -> u64 {
-        lock(&self.generations).get(&user).copied().unwrap_or(0)
+        lock(&self.inner.generations)
+            .by_user
+            .get(&user)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn revoke_all(&self, user: UserId) -> io::Result<u64> {
-        let mut file = lock(&self.writer);
-        // Only revocations change generations, and they hold the writer.
-        let next = self.generation(user) + 1;
-        // In force before it is on disk: a RESUME checked meanwhile must fail.
-        // Should the write fail, it stays in force until a restart (fail closed).
-        lock(&self.generations).insert(user, next);
-        let line = format!("{user} {next}\n");
-        let before = file.metadata()?.len();
-        let written = file
-            .write_all(line.as_bytes())
-            .and_then(|()| file.sync_data());
-        if let Err(err) = written {
-            // No half line may stay for the next append to run into: cut it
-            // off, or failing that replace the whole file with what is known.
-            if file
-                .set_len(before)
-                .and_then(|()| file.sync_data())
-                .is_err()
-            {
-                let text = journal_text(&lock(&self.generations));
-                if let Ok(fresh) = replace_atomically(&self.path, text.as_bytes()) {
-                    *file = fresh;
-                }
-            }
-            return Err(err);
+        let inner = &self.inner;
+        let (next, ticket) = {
+            let mut g = lock(&inner.generations);
+            let next = g.by_user.get(&user).copied().unwrap_or(0) + 1;
+            // In force before it is on disk: a RESUME checked meanwhile must fail.
+            // Should the write fail, it stays in force until a restart (fail closed).
+            g.by_user.insert(user, next);
+            g.lines += 1;
+            // Enqueued under the lock: a user's lines reach the file in order.
+            (
+                next,
+                inner.journal.enqueue(format!("{user} {next}").as_bytes())?,
+            )
+        };
+        inner.journal.wait(&ticket)?;
+        if lock(&inner.generations).stale() {
+            inner.compact_in_background();
         }
         Ok(next)
     }
@@ -218,6 +269,8 @@ impl SessionStore for RevocationFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
 
     #[test]
     fn the_secret_is_created_private_and_kept() {

@@ -1,21 +1,35 @@
 //! users.txt: one line per user, `id|username|bcrypt_hash|created_at`, `#` comments.
 //!
-//! The whole file is loaded into memory at start. A registration appends one
-//! line with a single write, fsyncs it, and only then is the user visible and
-//! the client answered. A crash mid-append leaves a last line without its
-//! newline; that line was never acknowledged, so the next start drops it (with
-//! a warning) and rewrites the file atomically without it.
+//! The whole file is loaded into memory at start. Appends go through the
+//! journal in its Lines format: a registration's line is enqueued, and the
+//! user becomes visible (and the client is answered) only once the fsync
+//! covering it returns; concurrent registrations share that fsync. A crash
+//! mid-append leaves a last line without its newline; that line was never
+//! acknowledged, so the next start drops it (with a warning) and cuts the
+//! file back. Password changes and deletions rewrite the file through the
+//! journal's compaction: the new content is built from the file as it is
+//! (not from memory, so a registration durable but not yet published is not
+//! lost), lines appended meanwhile are carried over, and the new file is
+//! synced and renamed over the old one. Registrations wait only for that
+//! carry-over, the sync and the rename.
+//!
+//! Locks: `index` guards the users in memory; it is never held across I/O.
+//! A rewrite holds the journal's maintenance lock across its I/O and takes
+//! `index` only to read the next id and to switch (journal maintenance ->
+//! `index` -> journal state).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use log::{info, warn};
+use log::info;
 
-use super::fsutil::{replace_atomically, sync_dir};
+use super::fsutil::sync_dir;
+use super::journal::{Format, Journal, OpenError, Spec};
 use crate::application::{StoreError, UserListing, UserRecord, UserStore};
 use crate::domain::user::username_key;
 use crate::domain::validate_username;
@@ -68,8 +82,8 @@ struct Index {
 pub struct UsersFile {
     path: PathBuf,
     index: Mutex<Index>,
-    /// The append handle; its lock orders appends (and only file I/O happens under it).
-    writer: Mutex<File>,
+    /// Appends (group commit) and rewrites.
+    journal: Journal,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,32 +108,42 @@ impl UsersFile {
                 sync_dir(parent).map_err(io_err)?;
             }
         }
-        let content = match fs::read(path) {
-            Ok(content) => content,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                replace_atomically(path, HEADER.as_bytes()).map_err(io_err)?;
-                info!("created users file path={}", path.display());
-                HEADER.as_bytes().to_vec()
-            }
-            Err(err) => return Err(io_err(err)),
+        let existed = path.exists();
+        let mut index = Index {
+            next_id: 1,
+            listing: None,
+            ..Index::default()
         };
-        let (index, keep) = parse(path, &content)?;
-        if keep < content.len() {
-            let torn_line = content[..keep].iter().filter(|b| **b == b'\n').count() + 1;
-            warn!(
-                "dropping torn last line {} of {} (a registration interrupted before it was acknowledged)",
-                torn_line,
-                path.display()
-            );
-            replace_atomically(path, &content[..keep]).map_err(io_err)?;
+        let spec = Spec {
+            format: Format::Lines,
+            initial: HEADER.as_bytes(),
+            record_name: "a registration",
+        };
+        let journal = Journal::open(path, spec, |r| parse_record(&mut index, r.payload)).map_err(
+            |e| match e {
+                OpenError::Io { err, .. } => io_err(err),
+                OpenError::Invalid {
+                    line,
+                    reason,
+                    offset,
+                    ..
+                } => LoadError::Malformed {
+                    path: path.to_path_buf(),
+                    line: line.unwrap_or(offset as usize),
+                    reason,
+                },
+                OpenError::Corrupt { reason, .. } => io_err(io::Error::other(reason)),
+            },
+        )?;
+        if !existed {
+            info!("created users file path={}", path.display());
         }
-        let writer = OpenOptions::new().append(true).open(path).map_err(io_err)?;
         sync_dir(dir).map_err(io_err)?;
         info!("loaded {} users from {}", index.by_id.len(), path.display());
         Ok(UsersFile {
             path: path.to_path_buf(),
             index: Mutex::new(index),
-            writer: Mutex::new(writer),
+            journal,
         })
     }
 
@@ -134,19 +158,6 @@ impl UsersFile {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Appends one line and makes it durable. On failure the file is cut back to
-/// where it was, so no half line stays behind.
-fn append_durably(file: &mut File, line: &str) -> io::Result<()> {
-    let before = file.metadata()?.len();
-    let result = file
-        .write_all(line.as_bytes())
-        .and_then(|()| file.sync_data());
-    if result.is_err() {
-        let _ = file.set_len(before).and_then(|()| file.sync_data());
-    }
-    result
 }
 
 /// The users.txt line of a user, newline included.
@@ -181,50 +192,59 @@ impl UsersFile {
         }
     }
 
-    /// Applies `change` to one user (None deletes), writes the whole file to a
-    /// temporary, syncs, renames it over users.txt, then updates memory.
+    /// Applies `change` to one user (None deletes): rewrites the file from
+    /// its current content with that line changed, renames it over
+    /// users.txt, then updates memory at the switch.
     fn rewrite(
         &self,
         id: UserId,
         change: impl FnOnce(&UserRecord) -> Option<UserRecord>,
     ) -> io::Result<Option<UserRecord>> {
-        // The writer lock keeps appends out until the new file is in place, and
-        // every user already in the file is in the index (create publishes
-        // before it lets go of the writer), so the snapshot misses no line.
-        let mut writer = lock(&self.writer);
-        let (old, new, content) = {
+        // Rewrites are serialized by the journal's maintenance lock, so the
+        // user checked here is still there at the switch.
+        let mut rewrite = self.journal.begin_rewrite()?;
+        let (old, new, next_id) = {
             let index = lock(&self.index);
             let Some(old) = index.by_id.get(&id).cloned() else {
                 return Ok(None);
             };
             let new = change(&old);
-            // Deleted ids are never given out again: the high-water mark is kept.
-            let mut content = format!("{HEADER}{NEXT_ID}{}\n", index.next_id);
-            for user in index.by_id.values() {
-                let user = if user.id == id {
-                    new.as_ref()
-                } else {
-                    Some(user)
-                };
-                content.extend(user.map(line_of));
-            }
-            (old, new, content)
+            (old, new, index.next_id)
         };
-        // The file I/O runs without the index lock: lookups go on meanwhile.
-        // The old append handle points at the replaced file; the new one is
-        // opened on the new file before it takes the name.
-        *writer = replace_atomically(&self.path, content.as_bytes())?;
-        let mut index = lock(&self.index);
-        index.listing = None;
-        match new {
-            Some(user) => {
-                index.by_id.insert(id, user);
+        // Every published user's line is durable, so it is in this snapshot;
+        // lines appended after it are carried over by the journal.
+        let mut content = vec![0u8; rewrite.snapshot_end() as usize];
+        rewrite.source().read_exact_at(&mut content, 0)?;
+        // Deleted ids are never given out again: the high-water mark is kept.
+        rewrite.push(HEADER.trim_end().as_bytes())?;
+        rewrite.push(format!("{NEXT_ID}{next_id}").as_bytes())?;
+        for line in content.split(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(line);
+            if text.trim().is_empty() || text.trim_start().starts_with('#') {
+                continue;
             }
-            None => {
-                index.by_id.remove(&id);
-                index.by_name.remove(&username_key(&old.username));
+            let first = text.split('|').next().unwrap_or("");
+            if UserId::parse(first) == Some(id) {
+                if let Some(user) = &new {
+                    rewrite.push(line_of(user).trim_end().as_bytes())?;
+                }
+            } else {
+                rewrite.push(line)?;
             }
         }
+        self.journal
+            .finish_rewrite(rewrite, &self.index, |index, _| {
+                index.listing = None;
+                match &new {
+                    Some(user) => {
+                        index.by_id.insert(id, user.clone());
+                    }
+                    None => {
+                        index.by_id.remove(&id);
+                        index.by_name.remove(&username_key(&old.username));
+                    }
+                }
+            })?;
         Ok(Some(old))
     }
 }
@@ -236,54 +256,34 @@ fn with_hash(user: &UserRecord, hash: &str) -> Option<UserRecord> {
     })
 }
 
-/// Parses the whole file. Returns the index and how many bytes to keep: all of
-/// them, or all but a torn (newline-less) last line.
-fn parse(path: &Path, content: &[u8]) -> Result<(Index, usize), LoadError> {
-    let mut index = Index {
-        next_id: 1,
-        listing: None,
-        ..Index::default()
-    };
-    let keep = match content.last() {
-        None | Some(b'\n') => content.len(),
-        Some(_) => content
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |i| i + 1),
-    };
-    for (n, raw) in content[..keep].split(|b| *b == b'\n').enumerate() {
-        let line_no = n + 1;
-        let bad = |reason: String| LoadError::Malformed {
-            path: path.to_path_buf(),
-            line: line_no,
-            reason,
-        };
-        let line = std::str::from_utf8(raw).map_err(|_| bad("not valid UTF-8".into()))?;
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(n) = line.strip_prefix(NEXT_ID) {
-            let n: u64 = n
-                .trim()
-                .parse()
-                .map_err(|_| bad(format!("{NEXT_ID}{n:?} is not a number")))?;
-            index.next_id = index.next_id.max(n);
-            continue;
-        }
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let record = parse_line(line).map_err(bad)?;
-        let key = username_key(&record.username);
-        if index.by_id.contains_key(&record.id) {
-            return Err(bad(format!("duplicate user id {}", record.id)));
-        }
-        if index.by_name.contains_key(&key) {
-            return Err(bad(format!("duplicate username {:?}", record.username)));
-        }
-        index.next_id = index.next_id.max(record.id.0 + 1);
-        index.by_name.insert(key, record.id);
-        index.by_id.insert(record.id, record);
+/// Adds one line of the file to the index (comments, blank lines and the
+/// next-id mark included).
+fn parse_record(index: &mut Index, raw: &[u8]) -> Result<(), String> {
+    let line = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_string())?;
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if let Some(n) = line.strip_prefix(NEXT_ID) {
+        let n: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{NEXT_ID}{n:?} is not a number"))?;
+        index.next_id = index.next_id.max(n);
+        return Ok(());
     }
-    Ok((index, keep))
+    if line.trim().is_empty() || line.trim_start().starts_with('#') {
+        return Ok(());
+    }
+    let record = parse_line(line)?;
+    let key = username_key(&record.username);
+    if index.by_id.contains_key(&record.id) {
+        return Err(format!("duplicate user id {}", record.id));
+    }
+    if index.by_name.contains_key(&key) {
+        return Err(format!("duplicate username {:?}", record.username));
+    }
+    index.next_id = index.next_id.max(record.id.0 + 1);
+    index.by_name.insert(key, record.id);
+    index.by_id.insert(record.id, record);
+    Ok(())
 }
 
 fn parse_line(line: &str) -> Result<UserRecord, String> {
@@ -380,10 +380,11 @@ impl UserStore for UsersFile {
             password_hash: password_hash.to_string(),
             created_at,
         };
-        let mut writer = lock(&self.writer);
-        let written = append_durably(&mut writer, &line_of(&record));
-        // Published before the writer lock is released, so a rewrite (which
-        // takes the writer lock first) sees every line already in the file.
+        // No lock held: concurrent registrations share the fsync.
+        let written = self
+            .journal
+            .append(line_of(&record).trim_end().as_bytes())
+            .map(drop);
         let mut index = lock(&self.index);
         index.reserved.remove(&key);
         match written {
@@ -526,17 +527,24 @@ mod tests {
         let store = UsersFile::open(&path).unwrap();
         store.create("alice", HASH, 1).unwrap();
         let before = fs::read(&path).unwrap();
-        let real = std::mem::replace(
-            &mut *lock(&store.writer),
-            OpenOptions::new().append(true).open("/dev/full").unwrap(),
-        );
+        // The journal's writes go to /dev/full: the kernel's own ENOSPC.
+        store.journal.set_hooks(super::super::journal::Hooks {
+            write: Some(Arc::new(|_: &fs::File, buf: &[u8], _: u64| {
+                use std::io::Write;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")?
+                    .write_all(buf)
+            })),
+            sync: None,
+        });
         match store.create("bob", HASH, 2) {
             Err(StoreError::Io(err)) => assert_eq!(err.raw_os_error(), Some(28), "{err}"),
             other => panic!("expected ENOSPC, got {other:?}"),
         }
         assert!(store.find_by_name("bob").is_none());
         assert_eq!(fs::read(&path).unwrap(), before);
-        *lock(&store.writer) = real;
+        store.journal.set_hooks(Default::default());
         store.create("bob", HASH, 3).unwrap();
         assert_eq!(UsersFile::open(&path).unwrap().len(), 2);
     }
