@@ -1,24 +1,47 @@
 //! Sessions, presence and calls: the shared state every connection works on.
 //!
-//! One mutex guards the sessions and the calls together, because the rules span
-//! both ("is the callee online and free? then ring"). It is held for whole
-//! compound operations and never during I/O or hashing.
+//! # Locks, and their order
+//! - `state` (one `Mutex<HubState>`) guards sessions, calls, deadlines and
+//!   presence not yet broadcast together, because the rules span them ("is the
+//!   callee online and free? then ring"). It is held for whole compound
+//!   operations and never during I/O, hashing, storage writes or a fan-out.
+//!   While holding it, the hub calls [`Delivery`] for direct notices only (a
+//!   few pushes onto bounded queues, each under that queue's own short lock),
+//!   for route changes (the adapter's route table, a short write lock) and for
+//!   session ends. Order: `state` -> the adapter's locks; never the reverse.
+//! - `broadcasting` orders presence fan-outs (one at a time, in batch order).
+//!   It guards no state and nothing else waits for it; `state` is taken and
+//!   released inside it, never held across a broadcast.
 //!
-//! Ordering: control notices (presence, call events, takeovers) are handed to the
-//! [`Notifier`] in the order the state changed. The state lock is traded for a
-//! delivery lock before delivering (hand over hand), so the next state change can
-//! be computed while this one is being queued, yet it cannot be queued first.
+//! A panic while `state` is held stops the daemon (see [`lock`]): the state
+//! may be half-updated, and serving it could misroute signaling.
 //!
-//! Presence is batched: a change waits (at most [`PRESENCE_BATCH`]) under the
-//! delivery lock, where a later change of the same user replaces it, and the
-//! batch goes to each connection in one push (one wake-up, one write) instead of
-//! one per change. A login storm of N users thus costs the connections about
-//! N / batch wake-ups each rather than N. Any other notice (a call event, a
-//! takeover) first delivers the pending batch, so state order still holds.
-//! Relayed SDP/ICE skip that lock: each sender's relays are already ordered by
-//! its own connection thread. The price: a relay racing the end of its call (the
-//! peer hangs up, a takeover, shutdown) can reach the peer just after the
-//! HANGUP for that call; clients ignore signaling for a call they ended.
+//! # Delivery and ordering
+//! Everything goes to users through [`Delivery`], never to connections.
+//! Direct notices (call events, PEER_STATUS, what a RESUME gets back) are
+//! handed over under the state lock, so each recipient gets them in the order
+//! the state changed. Presence is batched: a change waits (at most
+//! [`PRESENCE_BATCH`]) in the pending batch, where a later change of the same
+//! user replaces it; the timer then seals the batch and broadcasts it, outside
+//! the state lock, to every online user in one push each (one wake-up, one
+//! write). A direct notice decided after a presence change must not overtake
+//! it: the commit seals the pending changes into a numbered batch and catches
+//! the recipient up on every sealed batch first ([`Delivery::catch_up`]); the
+//! broadcast later skips those who have it. So nobody waits behind a fan-out:
+//! a commit costs a few pushes however many users are online.
+//!
+//! Relayed SDP/ICE take the state lock only to check the call, then deliver
+//! after releasing it: each sender's relays are already ordered by its own
+//! connection thread. The price: a relay racing the end of its call (the peer
+//! hangs up, a takeover, shutdown) can reach the peer just after the HANGUP
+//! for that call; clients ignore signaling for a call they ended.
+//!
+//! # Leaving
+//! Every way a session ends (logout, disconnect, takeover, guest expiry, hold
+//! expiry, deletion, a kick, shutdown) goes through [`Hub::leave`], which runs
+//! each capability's part in [`ON_LEAVE`] and removes the session and its
+//! route. A capability that keeps users somewhere (a call today; rooms and
+//! streams next) adds its step there, once.
 //!
 //! Held calls: when the connection of a user who holds a session token drops
 //! during a call, the session is detached instead of ended. The call and the
@@ -36,7 +59,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::{debug, info};
 
 use super::error::AppError;
-use super::ports::{ConnId, Notice, Notifier, Party, SessionEnd, Signal, UserRecord, UserStore};
+use super::ports::{
+    Broadcast, ConnId, Delivery, Notice, Party, SessionEnd, Signal, UserRecord, UserStore,
+};
 use crate::domain::call::Answer;
 use crate::domain::user::username_key;
 use crate::domain::{CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, UserId, UserState};
@@ -116,11 +141,18 @@ struct HubState {
     guests: BTreeSet<UserId>,
     /// When the pending presence batch must go out, if one is pending.
     presence_due: Option<Instant>,
+    /// Presence changes not yet sealed into a batch.
+    pending: PendingPresence,
+    /// Sealed batches not yet broadcast to everyone, in id order: a direct
+    /// notice catches its recipient up on them first (module docs).
+    in_flight: Vec<Arc<Broadcast>>,
+    /// The id of the next sealed batch.
+    next_batch: u64,
     stopping: bool,
 }
 
 /// Presence changes not yet broadcast: the latest state of each user, in the
-/// order the users first changed. Guarded by the delivery lock.
+/// order the users first changed.
 #[derive(Debug, Default)]
 struct PendingPresence {
     order: Vec<UserId>,
@@ -142,10 +174,6 @@ impl PendingPresence {
 
     fn is_empty(&self) -> bool {
         self.order.is_empty()
-    }
-
-    fn take(&mut self) -> Vec<(UserId, Notice)> {
-        self.take_first(usize::MAX)
     }
 
     /// The first `limit` pending changes, in order; the rest stay pending.
@@ -210,7 +238,7 @@ impl HubState {
             return;
         };
         let Some(gap) = &mut session.detached else {
-            out.direct.push((session.conn, notice));
+            out.direct.push((user, notice));
             return;
         };
         if gap.overflowed {
@@ -264,13 +292,15 @@ impl HubState {
         Party { id: user, username }
     }
 
-    /// Every attached session: who is told about presence.
-    fn audience(&self) -> Vec<(UserId, ConnId)> {
-        self.online
-            .iter()
-            .filter(|(_, s)| s.detached.is_none())
-            .map(|(u, s)| (*u, s.conn))
-            .collect()
+    /// Moves up to `limit` pending presence changes into a new sealed batch.
+    fn seal(&mut self, limit: usize) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let about = self.pending.take_first(limit);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight.push(Arc::new(Broadcast { id, about }));
     }
 
     /// Fails unless `conn` holds `user`'s current session: a connection whose
@@ -283,10 +313,36 @@ impl HubState {
     }
 }
 
+/// Why a user leaves: what each capability's leave step is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// LOGOUT.
+    LoggedOut,
+    /// The connection closed (and nothing was held for a RESUME).
+    Disconnected,
+    /// The same user logged in on another connection.
+    TakenOver,
+    /// A held session's grace period ran out.
+    HoldExpired,
+    /// A held session's call ended: there is nothing left to resume.
+    CallEnded,
+    /// The server ended the session (guest expiry, account deletion, an
+    /// operator's kick, shutdown).
+    Ended(SessionEnd),
+}
+
+/// A capability's part of a user leaving, run under the state lock.
+type OnLeave = fn(&Hub, &mut HubState, UserId, Departure, &mut Outgoing);
+
+/// What each capability does when a user leaves, in this order (rooms and
+/// streams add theirs here). [`Hub::leave`] is the only caller.
+const ON_LEAVE: &[OnLeave] = &[Hub::calls_on_leave];
+
 /// Notices produced by one state change, delivered after the state lock is released.
 #[derive(Default)]
 struct Outgoing {
-    direct: Vec<(ConnId, Notice)>,
+    /// Notices for attached users, delivered under the state lock in state order.
+    direct: Vec<(UserId, Notice)>,
     /// Held sessions ended as a side effect (their call ended): they leave,
     /// whatever the caller's `before` covered.
     gone: Vec<(UserId, Arc<str>)>,
@@ -335,9 +391,11 @@ pub struct Hub {
     state: Mutex<HubState>,
     /// Wakes the ringing timer when a deadline is added or the hub stops.
     timer_wake: Condvar,
-    /// The delivery lock (module docs), and the presence batch it guards.
-    delivery: Mutex<PendingPresence>,
-    notifier: Arc<dyn Notifier>,
+    /// Held by whoever broadcasts sealed presence batches (the timer, or a
+    /// stop), so that batches go out one at a time and in id order. Nobody
+    /// else waits for it: it guards no state, only the order of fan-outs.
+    broadcasting: Mutex<()>,
+    delivery: Arc<dyn Delivery>,
     users: Arc<dyn UserStore>,
     ringing_timeout: Duration,
     hold: HoldLimits,
@@ -346,15 +404,28 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere never leaves these maps half-updated (every mutation is a
-    // single map call), so a poisoned lock is still consistent: keep serving.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Takes the state lock. A panic while it was held may have left sessions,
+/// calls and deadlines half-updated (a session gone but its call kept, a
+/// route to the wrong user), and serving such state could relay one user's
+/// signaling to another. So the daemon stops loudly instead: every
+/// acknowledged write is already on disk, the service manager restarts it,
+/// and protocol 2 clients come back by RESUME. Panics anywhere else (a
+/// handler, a codec, storage) end only their own connection.
+fn lock(m: &Mutex<HubState>) -> MutexGuard<'_, HubState> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            log::error!(
+                "a thread panicked while changing sessions and calls; stopping the daemon rather than serving state that may be inconsistent"
+            );
+            std::process::abort();
+        }
+    }
 }
 
 impl Hub {
     pub fn new(
-        notifier: Arc<dyn Notifier>,
+        delivery: Arc<dyn Delivery>,
         users: Arc<dyn UserStore>,
         settings: HubSettings,
         metrics: Arc<Metrics>,
@@ -370,11 +441,14 @@ impl Hub {
                 deadlines: BTreeSet::new(),
                 guests: BTreeSet::new(),
                 presence_due: None,
+                pending: PendingPresence::default(),
+                in_flight: Vec::new(),
+                next_batch: 1,
                 stopping: false,
             }),
             timer_wake: Condvar::new(),
-            delivery: Mutex::new(PendingPresence::default()),
-            notifier,
+            broadcasting: Mutex::new(()),
+            delivery,
             users,
             ringing_timeout: settings.ringing_timeout,
             hold: settings.hold,
@@ -441,8 +515,7 @@ impl Hub {
                 "session taken over user_id={} username={} old_conn={} new_conn={}",
                 user.id, user.username, old, conn
             );
-            self.end_call_of(&mut state, user.id, &mut out);
-            state.take_session(user.id);
+            self.leave(&mut state, user.id, Departure::TakenOver, &mut out);
             out.end.push((old, SessionEnd::TakenOver));
         }
         state.insert_session(
@@ -454,6 +527,7 @@ impl Hub {
                 detached: None,
             },
         );
+        self.delivery.attach(user.id, conn);
         self.commit(state, before, out);
     }
 
@@ -557,6 +631,7 @@ impl Hub {
         match held {
             Some(gap) => {
                 state.deadlines.remove(&(gap.until, user.id));
+                self.delivery.attach(user.id, conn);
                 info!(
                     "session resumed user_id={} conn={} call_id={} held_frames={}",
                     user.id,
@@ -565,9 +640,10 @@ impl Hub {
                     gap.notices.len()
                 );
                 // Delivered under the state lock: relays from the peer, which
-                // skip the delivery lock, must not overtake what was held.
+                // need it to find this session, must not overtake what was held.
+                self.delivery.catch_up(user.id, &state.in_flight);
                 for notice in gap.notices {
-                    self.notifier.notify(conn, notice);
+                    self.delivery.to_user(user.id, notice);
                 }
                 let reconnected = Notice::PeerStatus {
                     call_id: call.id,
@@ -584,6 +660,7 @@ impl Hub {
                     "session resumed over a live connection user_id={} old_conn={} new_conn={} call_id={}",
                     user.id, old_conn, conn, call.id
                 );
+                self.delivery.attach(user.id, conn);
                 out.end.push((old_conn, SessionEnd::TakenOver));
             }
         }
@@ -598,7 +675,7 @@ impl Hub {
     pub fn logout(&self, conn: ConnId, user: UserId) -> Result<(), AppError> {
         let state = lock(&self.state);
         state.check_session(conn, user)?;
-        self.remove_session(state, user);
+        self.remove_session(state, user, Departure::LoggedOut);
         Ok(())
     }
 
@@ -617,8 +694,7 @@ impl Hub {
             out.end.push((conn, why));
         }
         let before = self.before_leaving(&state, user);
-        self.end_call_of(&mut state, user, &mut out);
-        state.take_session(user);
+        self.leave(&mut state, user, Departure::Ended(why), &mut out);
         self.commit(state, before, out);
         true
     }
@@ -638,10 +714,12 @@ impl Hub {
             .filter(|_| !state.stopping && !self.hold.grace.is_zero());
         let resumable = state.online.get(&user).is_some_and(|s| s.kind.resumable);
         let (Some(call), true) = (held_call, resumable) else {
-            self.remove_session(state, user);
+            self.remove_session(state, user, Departure::Disconnected);
             return;
         };
         let until = Instant::now() + self.hold.grace;
+        // Nothing is routed to the closed connection: the gap keeps it instead.
+        self.delivery.detach(user, conn);
         if let Some(session) = state.online.get_mut(&user) {
             session.detached = Some(Gap {
                 until,
@@ -683,12 +761,33 @@ impl Hub {
         Before::take(state, &touched)
     }
 
-    fn remove_session(&self, mut state: MutexGuard<'_, HubState>, user: UserId) {
+    fn remove_session(&self, mut state: MutexGuard<'_, HubState>, user: UserId, why: Departure) {
         let before = self.before_leaving(&state, user);
         let mut out = Outgoing::default();
-        self.end_call_of(&mut state, user, &mut out);
-        state.take_session(user);
+        self.leave(&mut state, user, why, &mut out);
         self.commit(state, before, out);
+    }
+
+    /// The one way a session ends, whatever the reason (logout, disconnect,
+    /// takeover, expiry, deletion, a kick, shutdown): each capability in
+    /// [`ON_LEAVE`] lets the user go, then the session and its route are
+    /// removed. Returns the session, if there was one.
+    fn leave(
+        &self,
+        state: &mut HubState,
+        user: UserId,
+        why: Departure,
+        out: &mut Outgoing,
+    ) -> Option<Session> {
+        for on_leave in ON_LEAVE {
+            on_leave(self, state, user, why, out);
+        }
+        let session = state.take_session(user)?;
+        if session.detached.is_none() {
+            self.delivery.detach(user, session.conn);
+        }
+        debug!("left user_id={user} reason={why:?}");
+        Some(session)
     }
 
     /// CALL_REQUEST: rings `callee` on behalf of `caller`.
@@ -799,10 +898,9 @@ impl Hub {
         }
         // Leaving ends the call, so the peer of an active call is online,
         // attached or held.
-        if let Some(peer_conn) = state.conn_of(peer) {
+        if state.conn_of(peer).is_some() {
             drop(state);
-            self.notifier
-                .notify(peer_conn, Notice::Signal(signal(peer)));
+            self.delivery.to_user(peer, Notice::Signal(signal(peer)));
             return Ok(());
         }
         let mut out = Outgoing::default();
@@ -917,9 +1015,13 @@ impl Hub {
                 );
                 out.end.push((session.conn, SessionEnd::GuestExpired));
             }
+            let why = if session.detached.is_some() {
+                Departure::HoldExpired
+            } else {
+                Departure::Ended(SessionEnd::GuestExpired)
+            };
             let before = self.before_leaving(&state, user);
-            self.end_call_of(&mut state, user, &mut out);
-            state.take_session(user);
+            self.leave(&mut state, user, why, &mut out);
             self.commit(state, before, out);
             state = lock(&self.state);
         }
@@ -988,9 +1090,26 @@ impl Hub {
             .map(|(u, _)| *u)
             .collect();
         for user in held {
-            state.take_session(user);
+            self.leave(
+                &mut state,
+                user,
+                Departure::Ended(SessionEnd::ShuttingDown),
+                &mut out,
+            );
         }
         self.commit(state, before, out);
+    }
+
+    /// The calls capability's part of leaving: the user's call ends (the peer
+    /// is told), whatever the reason.
+    fn calls_on_leave(
+        &self,
+        state: &mut HubState,
+        user: UserId,
+        _why: Departure,
+        out: &mut Outgoing,
+    ) {
+        self.end_call_of(state, user, out);
     }
 
     fn end_call_of(&self, state: &mut HubState, user: UserId, out: &mut Outgoing) {
@@ -1042,7 +1161,7 @@ impl Hub {
                 .online
                 .get(&party)
                 .is_some_and(|s| s.detached.is_some())
-                && let Some(session) = state.take_session(party)
+                && let Some(session) = self.leave(state, party, Departure::CallEnded, out)
             {
                 info!(
                     "held session ended with its call user_id={party} call_id={}",
@@ -1054,8 +1173,10 @@ impl Hub {
         debug!("call ended call_id={} reason={:?}", call.id, ended.reason);
     }
 
-    /// Delivers `out` and queues the presence changes since `before` for the
-    /// next batch, in state order (see the module docs).
+    /// Delivers `out` and adds the presence changes since `before` to the
+    /// pending batch, in state order (see the module docs). Direct notices
+    /// and session ends go out under the state lock (a few pushes); the
+    /// presence fan-out never does.
     fn commit(&self, mut state: MutexGuard<'_, HubState>, before: Before, out: Outgoing) {
         let mut changed = Vec::new();
         for (user, username, was) in before.0 {
@@ -1069,60 +1190,75 @@ impl Hub {
                 changed.push((user, username, UserState::Disconnected));
             }
         }
-        let urgent = !out.end.is_empty() || !out.direct.is_empty();
-        let mut pending = lock(&self.delivery);
-        // Whatever is said next comes after the presence changes before it.
-        let flush = urgent && !pending.is_empty();
-        // Once stopping, the timer is gone: nothing waits for a batch.
-        let now_too = state.stopping && !(changed.is_empty() && pending.is_empty());
-        let audience = if flush || now_too {
-            state.audience()
-        } else {
-            Vec::new()
-        };
         let mut wake = out.wake_timer;
-        if !changed.is_empty() && state.presence_due.is_none() {
+        // What is said now comes after the presence changes decided before
+        // it: seal them, so each direct recipient is caught up on them first.
+        // This change's own presence goes in after (a ring is seen after
+        // "Available", before "Busy").
+        if !out.direct.is_empty() && !state.pending.is_empty() {
+            state.seal(usize::MAX);
+            // Everyone else gets the sealed batch from the timer, now.
+            state.presence_due = Some(Instant::now());
+            wake = true;
+        }
+        for (conn, why) in out.end {
+            self.delivery.end_session(conn, why);
+        }
+        for (user, notice) in out.direct {
+            self.delivery.catch_up(user, &state.in_flight);
+            self.delivery.to_user(user, notice);
+        }
+        for (user, username, presence) in changed {
+            state.pending.add(user, username, presence);
+        }
+        if !state.pending.is_empty() && state.presence_due.is_none() {
             state.presence_due = Some(Instant::now() + PRESENCE_BATCH);
             wake = true;
         }
         if wake {
             self.timer_wake.notify_one();
         }
+        // Once stopping, the timer is gone: nothing waits for a batch.
+        let now_too = state.stopping && !(state.pending.is_empty() && state.in_flight.is_empty());
         drop(state);
-        if flush {
-            self.notifier.notify_each(&audience, pending.take());
-        }
-        for (conn, why) in out.end {
-            self.notifier.end_session(conn, why);
-        }
-        for (conn, notice) in out.direct {
-            self.notifier.notify(conn, notice);
-        }
-        for (user, username, presence) in changed {
-            pending.add(user, username, presence);
-        }
         if now_too {
-            self.notifier.notify_each(&audience, pending.take());
+            self.flush_presence();
         }
-        drop(pending);
     }
 
-    /// Broadcasts the pending presence batch (the timer calls it when due).
-    /// One flush queues at most [`FLUSH_PUSHES`] frames in all, so that commits
-    /// (which wait for the delivery lock while holding the state lock) are not
-    /// held up behind a huge batch; the rest goes out at once after.
+    /// Seals the pending presence changes (at most [`FLUSH_PUSHES`] frames'
+    /// worth per batch) and broadcasts every sealed batch, one at a time, in
+    /// id order, with no state lock held across a fan-out. The timer calls it
+    /// when a batch is due; a stop calls it too.
     fn flush_presence(&self) {
-        let mut state = lock(&self.state);
-        state.presence_due = None;
-        let audience = state.audience();
-        let mut pending = lock(&self.delivery);
-        let limit = (FLUSH_PUSHES / audience.len().max(1)).max(1);
-        let batch = pending.take_first(limit);
-        if !pending.is_empty() {
-            state.presence_due = Some(Instant::now());
+        let _order = self
+            .broadcasting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let batches = {
+                let mut state = lock(&self.state);
+                state.presence_due = None;
+                let audience = state.online.len().max(1);
+                state.seal((FLUSH_PUSHES / audience).max(1));
+                if !state.pending.is_empty() {
+                    // Capped: the rest goes out in the next round, at once.
+                    state.presence_due = Some(Instant::now());
+                }
+                state.in_flight.clone()
+            };
+            let Some(last) = batches.last().map(|b| b.id) else {
+                return;
+            };
+            for batch in &batches {
+                self.delivery.broadcast(batch);
+            }
+            let mut state = lock(&self.state);
+            state.in_flight.retain(|b| b.id > last);
+            if state.in_flight.is_empty() && (state.pending.is_empty() || !state.stopping) {
+                return;
+            }
         }
-        drop(state);
-        self.notifier.notify_each(&audience, batch);
     }
 }
 
@@ -1132,35 +1268,79 @@ mod tests {
     use crate::application::StoreError;
     use crate::application::ports::UserListing;
 
-    /// What each connection was told, as `Debug` text.
+    /// What each connection was told, as `Debug` text: a delivery adapter
+    /// with a route table, as the tcp one has.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(ConnId, String)>>);
+    struct Recorder {
+        routes: Mutex<HashMap<UserId, ConnId>>,
+        /// The newest batch each connection has.
+        epochs: Mutex<HashMap<ConnId, u64>>,
+        seen: Mutex<Vec<(ConnId, String)>>,
+    }
 
     impl Recorder {
         fn told(&self, conn: ConnId) -> Vec<String> {
-            let seen = self.0.lock().unwrap();
+            let seen = self.seen.lock().unwrap();
             seen.iter()
                 .filter(|(c, _)| *c == conn)
                 .map(|(_, n)| n.clone())
                 .collect()
         }
-    }
 
-    impl Notifier for Recorder {
-        fn notify(&self, to: ConnId, notice: Notice) {
-            self.0.lock().unwrap().push((to, format!("{notice:?}")));
+        fn push(&self, conn: ConnId, notice: &Notice) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((conn, format!("{notice:?}")));
         }
-        fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>) {
-            for (reader, conn) in audience {
-                for (user, notice) in &about {
-                    if user != reader {
-                        self.notify(*conn, notice.clone());
-                    }
+
+        fn deliver(&self, user: UserId, conn: ConnId, batch: &Broadcast) {
+            let mut epochs = self.epochs.lock().unwrap();
+            let epoch = epochs.entry(conn).or_default();
+            if *epoch >= batch.id {
+                return;
+            }
+            *epoch = batch.id;
+            for (about, notice) in &batch.about {
+                if *about != user {
+                    self.push(conn, notice);
                 }
             }
         }
-        fn end_session(&self, conn: ConnId, why: SessionEnd) {
-            self.notify(conn, Notice::SessionEnded(why));
+    }
+
+    impl Delivery for Recorder {
+        fn attach(&self, user: UserId, session: ConnId) {
+            self.routes.lock().unwrap().insert(user, session);
+        }
+        fn detach(&self, user: UserId, session: ConnId) {
+            let mut routes = self.routes.lock().unwrap();
+            if routes.get(&user) == Some(&session) {
+                routes.remove(&user);
+            }
+        }
+        fn to_user(&self, user: UserId, notice: Notice) {
+            let conn = self.routes.lock().unwrap().get(&user).copied();
+            if let Some(conn) = conn {
+                self.push(conn, &notice);
+            }
+        }
+        fn broadcast(&self, batch: &Broadcast) {
+            let routes: Vec<_> = self.routes.lock().unwrap().clone().into_iter().collect();
+            for (user, conn) in routes {
+                self.deliver(user, conn, batch);
+            }
+        }
+        fn catch_up(&self, user: UserId, batches: &[Arc<Broadcast>]) {
+            let conn = self.routes.lock().unwrap().get(&user).copied();
+            if let Some(conn) = conn {
+                for batch in batches {
+                    self.deliver(user, conn, batch);
+                }
+            }
+        }
+        fn end_session(&self, session: ConnId, why: SessionEnd) {
+            self.push(session, &Notice::SessionEnded(why));
         }
     }
 
@@ -1245,6 +1425,48 @@ mod tests {
         assert!(
             seen[0].contains("UserId(2)") && seen[0].contains("Available"),
             "{seen:?}"
+        );
+    }
+
+    /// A call decided while presence is pending reaches its callee after that
+    /// presence, yet nobody else is sent anything until the batch is due: a
+    /// commit never fans out to everyone online.
+    #[test]
+    fn a_direct_notice_catches_its_recipient_up_and_fans_out_to_nobody_else() {
+        let (hub, told) = hub();
+        for id in 1..=50 {
+            hub.login(ConnId(id), &record(id), SessionKind::default())
+                .unwrap();
+        }
+        hub.flush_presence();
+        let bystanders = || -> usize { (2..=50).map(|c| told.told(ConnId(c)).len()).sum() };
+        let before = bystanders();
+        hub.login(ConnId(51), &record(51), SessionKind::default())
+            .unwrap();
+        hub.call(ConnId(51), UserId(51), UserId(1)).unwrap();
+        let callee = told.told(ConnId(1));
+        let new = &callee[callee.len() - 2..];
+        assert!(
+            new[0].contains("UserId(51)") && new[0].contains("Available"),
+            "{new:?}"
+        );
+        assert!(new[1].starts_with("IncomingCall"), "{new:?}");
+        assert_eq!(bystanders(), before, "only the callee heard anything yet");
+        hub.flush_presence();
+        let bystander = told.told(ConnId(2));
+        assert!(
+            bystander
+                .iter()
+                .any(|n| n.contains("UserId(51)") && n.contains("Busy")),
+            "{bystander:?}"
+        );
+        assert_eq!(
+            bystander
+                .iter()
+                .filter(|n| n.contains("UserId(51)"))
+                .count(),
+            2,
+            "Available, then Busy, each once: {bystander:?}"
         );
     }
 
