@@ -1,8 +1,8 @@
 //! Use cases over ports: authentication, presence, calls and the signaling relay.
 //!
 //! Nothing here sees a socket or a file. Storage arrives as a [`UserStore`],
-//! delivery to other connections as a [`Notifier`]; the tcp and infrastructure
-//! layers implement them.
+//! delivery to other users through [`Delivery`] (addressed by user, never by
+//! connection); the tcp and infrastructure layers implement them.
 
 pub mod admin;
 pub mod auth;
@@ -19,7 +19,7 @@ pub use error::AppError;
 pub use hub::{Hub, HubStats};
 pub use ice::{IceServer, IceServers, IceSettings};
 pub use ports::{
-    ConnId, Notice, Notifier, Party, SessionEnd, SessionStore, Signal, StoreError, UserListing,
-    UserRecord, UserStore,
+    Broadcast, ConnId, Delivery, Notice, Party, SessionEnd, SessionStore, Signal, StoreError,
+    UserListing, UserRecord, UserStore,
 };
 pub use tokens::{Issued, SessionTokens};

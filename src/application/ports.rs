@@ -188,15 +188,40 @@ pub enum Notice {
     SessionEnded(SessionEnd),
 }
 
-/// Delivery to connections. Implementations queue and return at once: they
-/// never block on a slow client.
-pub trait Notifier: Send + Sync {
-    /// Queues a notice for one connection; unknown connections are skipped.
-    fn notify(&self, to: ConnId, notice: Notice);
-    /// Queues notices about users (presence) for every connection in
-    /// `audience`, each notice prepared once for all of them. A connection is
-    /// not told about its own user; it gets the rest in order, as one batch.
-    fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>);
-    /// Queues a final notice and closes the connection once it is sent.
-    fn end_session(&self, conn: ConnId, why: SessionEnd);
+/// A numbered batch of notices about users (presence), for every online user
+/// but the one each notice is about. Batches reach each recipient at most
+/// once, in id order; [`Delivery::catch_up`] lets a direct notice overtake no
+/// batch that was decided before it.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Increasing: a recipient that has a batch never takes an older one.
+    pub id: u64,
+    /// Each notice with the user it is about (who is not told).
+    pub about: Vec<(UserId, Notice)>,
+}
+
+/// Delivery to users: the port every use case sends through. The local
+/// adapter maps each online user to their connection; a cluster adapter routes
+/// to the node that holds the user. Implementations queue and return at once
+/// (they never block on a slow client), and no caller holds a lock across a
+/// [`Delivery::broadcast`].
+pub trait Delivery: Send + Sync {
+    /// Routes `user`'s deliveries to `session` from now on (login, resume).
+    fn attach(&self, user: UserId, session: ConnId);
+    /// Stops routing to `user`, if `session` is still their route (the
+    /// session ended, or is held while its connection is gone).
+    fn detach(&self, user: UserId, session: ConnId);
+    /// Queues a notice for `user`; a user with no route gets nothing.
+    fn to_user(&self, user: UserId, notice: Notice);
+    /// Queues `batch` for every routed user but the one each notice is
+    /// about, each notice encoded once. Skips users who already have it.
+    fn broadcast(&self, batch: &Broadcast);
+    /// Queues, for `user` alone, each of `batches` (in id order) that they do
+    /// not have yet: called before a direct notice, so that it comes after
+    /// every presence change decided before it.
+    fn catch_up(&self, user: UserId, batches: &[Arc<Broadcast>]);
+    /// Ends one session: a final notice, then its connection closes. The one
+    /// call addressed by session rather than by user: a takeover ends the old
+    /// session while the user's route already names the new one.
+    fn end_session(&self, session: ConnId, why: SessionEnd);
 }

@@ -17,7 +17,7 @@ use super::message::{
     CallAnswered, CallNotification, Hangup, IceCandidate, PeerStatus, Sdp, ServerMessage,
     UserStateUpdate,
 };
-use crate::application::{ConnId, Notice, Notifier, SessionEnd, Signal};
+use crate::application::{Broadcast, ConnId, Delivery, Notice, SessionEnd, Signal};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
 
@@ -58,6 +58,8 @@ struct Queue {
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// The newest presence batch queued here ([`Outbox::push_batch`]).
+    batch: u64,
 }
 
 /// A connection's outbound queue and wake-up.
@@ -109,7 +111,14 @@ impl Outbox {
     /// batch of presence updates costs the connection one wake-up and one
     /// write, not one per update.
     pub fn push_all(&self, frames: impl IntoIterator<Item = Frame>) {
-        let mut queue = lock(&self.queue);
+        self.push_locked(lock(&self.queue), frames);
+    }
+
+    fn push_locked(
+        &self,
+        mut queue: MutexGuard<'_, Queue>,
+        frames: impl IntoIterator<Item = Frame>,
+    ) {
         if queue.close.is_some() {
             return;
         }
@@ -133,6 +142,20 @@ impl Outbox {
         if signal {
             self.signal();
         }
+    }
+
+    /// Queues broadcast batch `id` unless this connection has it (or a newer
+    /// one) already: a batch can reach a connection both by its broadcast and
+    /// by a catch-up before a direct notice, and must be queued once.
+    pub fn push_batch<'a>(&self, id: u64, frames: impl IntoIterator<Item = &'a Frame>) {
+        let mut queue = lock(&self.queue);
+        if queue.batch >= id || queue.close.is_some() {
+            return;
+        }
+        queue.batch = id;
+        // Under the same lock as the check: a catch-up followed by a direct
+        // notice on another thread cannot slip in between.
+        self.push_locked(queue, frames.into_iter().cloned());
     }
 
     /// Queues a last frame (past the cap: it is small) and asks the thread to
@@ -204,19 +227,46 @@ pub struct Drained {
     pub slow: bool,
 }
 
-/// Every open connection's outbox: the tcp side of the [`Notifier`] port.
+/// Every open connection's outbox, and which one each online user is routed
+/// to: the local adapter of the [`Delivery`] port.
+///
+/// Locks: `map` (connections; written at accept and close) and `routes`
+/// (users; written at login, logout, hold and resume, under the hub's state
+/// lock) are read-mostly and never held across a push to more than one
+/// outbox: a broadcast takes a snapshot and releases them first. Neither is
+/// taken while the other is held, except `map` inside `routes`' write lock in
+/// [`Delivery::attach`] (order: `routes` -> `map` -> an outbox's queue).
+/// `batches` caches the last few broadcasts' frames, so that a catch-up and
+/// the broadcast encode a batch once; it is held only to look up or insert.
 pub struct Connections {
     map: RwLock<HashMap<ConnId, Arc<Outbox>>>,
+    routes: RwLock<HashMap<UserId, Route>>,
+    batches: Mutex<VecDeque<(u64, EncodedBatch)>>,
     next_id: AtomicU64,
     /// Frames encoded for delivery, for tests and metrics: a broadcast counts once.
     encoded: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
+/// Where a user's deliveries go.
+#[derive(Clone)]
+struct Route {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+/// A broadcast's frames, each with the user it is about (who skips it).
+type EncodedBatch = Arc<[(UserId, Frame)]>;
+
+/// Encoded broadcasts kept for catch-ups: batches in flight at once are few.
+const BATCH_CACHE: usize = 8;
+
 impl Connections {
     pub fn new(metrics: Arc<Metrics>) -> Connections {
         Connections {
             map: RwLock::default(),
+            routes: RwLock::default(),
+            batches: Mutex::default(),
             next_id: AtomicU64::new(1),
             encoded: AtomicU64::new(0),
             metrics,
@@ -264,6 +314,38 @@ impl Connections {
             .cloned()
     }
 
+    fn route(&self, user: UserId) -> Option<Route> {
+        self.routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&user)
+            .cloned()
+    }
+
+    /// The frames of `batch`, encoded once however often it is asked for.
+    fn encoded(&self, batch: &Broadcast) -> EncodedBatch {
+        let cached = lock(&self.batches)
+            .iter()
+            .find(|(id, _)| *id == batch.id)
+            .map(|(_, frames)| frames.clone());
+        if let Some(frames) = cached {
+            return frames;
+        }
+        let frames: EncodedBatch = batch
+            .about
+            .iter()
+            .map(|(user, notice)| (*user, self.encode(&notice_message(notice.clone()))))
+            .collect();
+        let mut cache = lock(&self.batches);
+        if !cache.iter().any(|(id, _)| *id == batch.id) {
+            if cache.len() >= BATCH_CACHE {
+                cache.pop_front();
+            }
+            cache.push_back((batch.id, frames.clone()));
+        }
+        frames
+    }
+
     fn encode(&self, message: &ServerMessage) -> Frame {
         self.encoded.fetch_add(1, Ordering::Relaxed);
         Arc::from(message.to_frame())
@@ -294,43 +376,92 @@ impl Connections {
     }
 }
 
-impl Notifier for Connections {
-    fn notify(&self, to: ConnId, notice: Notice) {
-        match self.get(to) {
-            Some(outbox) => outbox.push(self.encode(&notice_message(notice))),
-            None => debug!("notice for closed conn={to} skipped"),
-        }
-    }
-
-    fn notify_each(&self, audience: &[(UserId, ConnId)], about: Vec<(UserId, Notice)>) {
-        if audience.is_empty() || about.is_empty() {
-            return;
-        }
-        let frames: Vec<(UserId, Frame)> = about
-            .into_iter()
-            .map(|(user, notice)| (user, self.encode(&notice_message(notice))))
-            .collect();
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        for (reader, conn) in audience {
-            if let Some(outbox) = map.get(conn) {
-                outbox.push_all(
-                    frames
-                        .iter()
-                        .filter(|(user, _)| user != reader)
-                        .map(|(_, frame)| frame.clone()),
+impl Delivery for Connections {
+    fn attach(&self, user: UserId, session: ConnId) {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        match self.get(session) {
+            Some(outbox) => {
+                routes.insert(
+                    user,
+                    Route {
+                        conn: session,
+                        outbox,
+                    },
                 );
+            }
+            // The connection closed before its login was recorded.
+            None => {
+                routes.remove(&user);
             }
         }
     }
 
-    fn end_session(&self, conn: ConnId, why: SessionEnd) {
-        match self.get(conn) {
+    fn detach(&self, user: UserId, session: ConnId) {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        if routes.get(&user).is_some_and(|r| r.conn == session) {
+            routes.remove(&user);
+        }
+    }
+
+    fn to_user(&self, user: UserId, notice: Notice) {
+        match self.route(user) {
+            Some(route) => route.outbox.push(self.encode(&notice_message(notice))),
+            None => debug!("notice for offline user_id={user} skipped"),
+        }
+    }
+
+    fn broadcast(&self, batch: &Broadcast) {
+        if batch.about.is_empty() {
+            return;
+        }
+        let frames = self.encoded(batch);
+        // A snapshot: the route table is not held across the fan-out, so
+        // logins, logouts and relays never wait for it.
+        let audience: Vec<(UserId, Arc<Outbox>)> = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(user, route)| (*user, route.outbox.clone()))
+            .collect();
+        for (reader, outbox) in audience {
+            outbox.push_batch(
+                batch.id,
+                frames
+                    .iter()
+                    .filter(|(about, _)| *about != reader)
+                    .map(|(_, frame)| frame),
+            );
+        }
+    }
+
+    fn catch_up(&self, user: UserId, batches: &[Arc<Broadcast>]) {
+        if batches.is_empty() {
+            return;
+        }
+        let Some(route) = self.route(user) else {
+            return;
+        };
+        for batch in batches {
+            let frames = self.encoded(batch);
+            route.outbox.push_batch(
+                batch.id,
+                frames
+                    .iter()
+                    .filter(|(about, _)| *about != user)
+                    .map(|(_, frame)| frame),
+            );
+        }
+    }
+
+    fn end_session(&self, session: ConnId, why: SessionEnd) {
+        match self.get(session) {
             Some(outbox) => {
                 let message = session_end_message(why);
                 self.count_error(&message);
                 outbox.push_final(self.encode(&message), close_reason(why));
             }
-            None => warn!("session end for closed conn={conn} skipped"),
+            None => warn!("session end for closed conn={session} skipped"),
         }
     }
 }

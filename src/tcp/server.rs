@@ -20,7 +20,7 @@ use super::transport::{Transport, accept_tls};
 use crate::application::auth::AuthLimits;
 use crate::application::hub::{HoldLimits, HubSettings};
 use crate::application::{
-    Authenticator, Hub, IceSettings, Notifier, PasswordHasher, SessionEnd, SessionStore,
+    Authenticator, Delivery, Hub, IceSettings, PasswordHasher, SessionEnd, SessionStore,
     SessionTokens, UserAdmin, UserStore,
 };
 use crate::domain::limits::Cidr;
@@ -142,13 +142,13 @@ impl Server {
         let users = storage.users;
         let metrics = Arc::new(Metrics::default());
         let connections = Arc::new(Connections::new(metrics.clone()));
-        let notifier: Arc<dyn Notifier> = connections.clone();
+        let delivery: Arc<dyn Delivery> = connections.clone();
         let hub_settings = HubSettings {
             ringing_timeout: settings.ringing_timeout,
             hold: settings.sessions.hold,
         };
         let hub = Arc::new(Hub::new(
-            notifier,
+            delivery,
             users.clone(),
             hub_settings,
             metrics.clone(),
