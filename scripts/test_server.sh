@@ -2,7 +2,9 @@
 # End-to-end test of the built binaries: starts the daemon on a free port and
 # drives it with switchboard-cli the way a shell script would: register, login,
 # users, ping, exit codes, then a whole call between two `session` processes fed
-# through named pipes. Needs bash, grep and sed; nothing else.
+# through named pipes, then protocol 2: a token file, RESUME, TOKEN_REFRESH, the
+# fallback to the password, a guest, and --protocol 1. Values come out of the
+# sessions' output with `switchboard-cli field`. Needs bash, grep, sed and stat.
 #
 # Uses target/debug (or $CARGO_TARGET_DIR/debug) after `cargo build --locked --bins`;
 # SWITCHBOARD_PROFILE=release uses target/release (scripts/test.sh does);
@@ -121,9 +123,36 @@ expect_run() {
   pass
 }
 
+# expect_code NAME CODE: checks a `cli` run's exit code only.
+expect_code() {
+  local got_code
+  got_code="$(cat "$tmp/$1.code")"
+  [[ "$got_code" == "$2" ]] ||
+    fail "$1: exit code $got_code, expected $2" "$tmp/$1.out" "$tmp/$1.err"
+  pass
+}
+
 # expect_stderr NAME TEXT: the run's stderr contains TEXT.
 expect_stderr() {
   grep -qF -- "$2" "$tmp/$1.err" || fail "$1: stderr lacks \"$2\"" "$tmp/$1.err"
+  pass
+}
+
+# field ARGS...: `switchboard-cli field ARGS` (no server involved); its stderr goes
+# to $tmp/field.err.
+field() {
+  "$cli_bin" --timeout 10 field "$@" 2>"$tmp/field.err"
+}
+
+# expect_field FILE TYPE PATH VALUE: the session output FILE gets a TYPE line within
+# 10 s, and its payload's PATH is VALUE.
+expect_field() {
+  local file="$1" type="$2" path="$3" value="$4" got code=0
+  got="$(field --wait "$type" "$path" "$file")" || code=$?
+  [[ "$code" == 0 ]] ||
+    fail "${file#"$tmp"/}: no $type with $path (field exit code $code)" "$file" "$tmp/field.err"
+  [[ "$got" == "$value" ]] ||
+    fail "${file#"$tmp"/}: $type's $path is '$got', expected '$value'" "$file"
   pass
 }
 
@@ -204,8 +233,10 @@ exec 3<>"$tmp/alice.in" 4<>"$tmp/bob.in"
   --until HANGUP <"$tmp/bob.in" >"$tmp/bob.out" 2>"$tmp/bob.err" 3>&- 4>&- &
 bob_pid=$!
 pids+=("$bob_pid")
-expect_line "$tmp/bob.out" \
-  '{"type":"LOGIN_RESPONSE","code":2,"payload":{"success":true,"user_id":"2","username":"bob"}}'
+# Protocol 2 by default: WELCOME first, then the LOGIN_RESPONSE with a session token.
+expect_field "$tmp/bob.out" WELCOME protocol_version 2
+expect_field "$tmp/bob.out" LOGIN_RESPONSE user_id 2
+expect_field "$tmp/bob.out" LOGIN_RESPONSE success true
 
 # alice ends with a HEARTBEAT and --until HEARTBEAT: its answer comes after
 # anything her earlier commands caused, so she stops once they are all done.
@@ -213,16 +244,15 @@ expect_line "$tmp/bob.out" \
   --until HEARTBEAT <"$tmp/alice.in" >"$tmp/alice.out" 2>"$tmp/alice.err" 3>&- 4>&- &
 alice_pid=$!
 pids+=("$alice_pid")
-expect_line "$tmp/alice.out" \
-  '{"type":"LOGIN_RESPONSE","code":2,"payload":{"success":true,"user_id":"1","username":"alice"}}'
+expect_field "$tmp/alice.out" LOGIN_RESPONSE username alice
 expect_line "$tmp/bob.out" \
   '{"type":"USER_STATE_UPDATE","code":7,"payload":{"user_id":"1","username":"alice","state":"Available"}}'
 
 # alice rings bob (type by name).
 echo '{"type":"CALL_REQUEST","to_user_id":"2"}' >&3
-wait_for "$tmp/bob.out" '"type":"CALL_NOTIFICATION"' 10 || fail "bob was not rung" "$tmp/bob.out" "$tmp/alice.out"
-call_id="$(sed -n 's/^{"type":"CALL_NOTIFICATION".*"call_id":"\([0-9]*\)".*/\1/p' "$tmp/bob.out" | head -n 1)"
-[[ -n "$call_id" ]] || fail "no call_id in bob's CALL_NOTIFICATION" "$tmp/bob.out"
+call_id="$(field --wait CALL_NOTIFICATION call_id "$tmp/bob.out")" ||
+  fail "bob was not rung" "$tmp/bob.out" "$tmp/alice.out" "$tmp/field.err"
+[[ "$call_id" =~ ^[0-9]+$ ]] || fail "bad call_id in bob's CALL_NOTIFICATION: $call_id" "$tmp/bob.out"
 expect_line "$tmp/bob.out" \
   "{\"type\":\"CALL_NOTIFICATION\",\"code\":9,\"payload\":{\"call_id\":\"$call_id\",\"from_user_id\":\"1\",\"from_username\":\"alice\"}}"
 
@@ -275,6 +305,72 @@ echo 'CALL_REQUEST 2' | "$cli_bin" --addr "$addr" --timeout 10 session --usernam
   --password-file "$tmp/alice.pw" --until HANGUP >"$tmp/bad-line.out" 2>"$tmp/bad-line.err" || code=$?
 [[ "$code" == 2 ]] || fail "a bad session line: exit code $code, expected 2" "$tmp/bad-line.out" "$tmp/bad-line.err"
 grep -qF "input line 1: not JSON" "$tmp/bad-line.err" || fail "a bad session line: no reason" "$tmp/bad-line.err"
+pass
+
+# --- protocol 2: session tokens, RESUME, the fallback to the password, guests
+token_file="$tmp/alice.token"
+# login --token-file keeps the token (mode 0600) and does not log out: a LOGOUT
+# would revoke it.
+cli login-token login --username alice --password-file "$tmp/alice.pw" --token-file "$token_file"
+expect_run login-token 0 "logged in user_id=1 username=alice"
+[[ "$(stat -c %a "$token_file")" == 600 ]] || fail "the token file's mode is $(stat -c %a "$token_file"), not 600"
+grep -qF '"username":"alice"' "$token_file" || fail "the token file does not name alice" "$token_file"
+pass
+
+# No password anywhere: only the token can log alice in (RESUME); the file then
+# holds the token the RESUME handed out.
+cli resume session --token-file "$token_file" --until LOGIN_RESPONSE
+expect_code resume 0
+[[ ! -s "$tmp/resume.err" ]] || fail "the RESUME wrote to stderr" "$tmp/resume.err"
+[[ "$(field LOGIN_RESPONSE username "$tmp/resume.out")" == alice ]] || fail "RESUME: not alice" "$tmp/resume.out"
+token="$(field LOGIN_RESPONSE session_token "$tmp/resume.out")" || fail "RESUME: no token" "$tmp/resume.out"
+grep -qF "\"session_token\":\"$token\"" "$token_file" || fail "the file lacks the RESUME's token" "$token_file"
+pass
+
+# TOKEN_REFRESH in a session: the file gets the new token before its line prints.
+echo '{"type":"TOKEN_REFRESH_REQUEST","req_id":"r1"}' |
+  "$cli_bin" --addr "$addr" --timeout 10 session --token-file "$token_file" --until TOKEN_REFRESH_RESPONSE \
+    >"$tmp/refresh.out" 2>"$tmp/refresh.err" || fail "TOKEN_REFRESH session failed" "$tmp/refresh.out" "$tmp/refresh.err"
+refreshed="$(field --where req_id=r1 TOKEN_REFRESH_RESPONSE session_token "$tmp/refresh.out")" ||
+  fail "no TOKEN_REFRESH_RESPONSE" "$tmp/refresh.out" "$tmp/field.err"
+grep -qF "\"session_token\":\"$refreshed\"" "$token_file" || fail "the file lacks the refreshed token" "$token_file"
+pass
+
+cli users-token users --token-file "$token_file"
+expect_run users-token 0 "$(printf '1\talice\tAvailable\n2\tbob\tDisconnected')"
+
+# login without a token file logs out, revoking every token of alice: the next
+# RESUME gets 401, and the CLI falls back to the password, saying so on stderr.
+cli revoke login --username alice --password-file "$tmp/alice.pw"
+expect_run revoke 0 "logged in user_id=1 username=alice"
+cli fallback session --token-file "$token_file" --password-file "$tmp/alice.pw" --until LOGIN_RESPONSE
+expect_code fallback 0
+expect_stderr fallback "was refused (401 session token revoked); logging in with the password"
+[[ "$(field LOGIN_RESPONSE success "$tmp/fallback.out")" == true ]] || fail "fallback: no login" "$tmp/fallback.out"
+if grep -q '"type":"ERROR"' "$tmp/fallback.out"; then
+  fail "fallback: the refused RESUME's ERROR was printed" "$tmp/fallback.out"
+fi
+pass
+cli revoke-again login --username alice --password-file "$tmp/alice.pw"
+expect_code revoke-again 0
+cli no-fallback session --token-file "$token_file" --until LOGIN_RESPONSE
+expect_code no-fallback 1
+expect_stderr no-fallback "no password was given to fall back on"
+[[ "$(field ERROR code "$tmp/no-fallback.out")" == 401 ]] || fail "no ERROR 401 line" "$tmp/no-fallback.out"
+pass
+
+# A guest needs no account; --protocol 1 speaks v1 (no WELCOME, no token).
+cli guest session --guest visitor --until LOGIN_RESPONSE
+expect_code guest 0
+[[ "$(field LOGIN_RESPONSE username "$tmp/guest.out")" == "visitor (guest)" ]] || fail "guest: wrong name" "$tmp/guest.out"
+pass
+cli v1 --protocol 1 session --username bob --password-file "$tmp/bob.pw" --until LOGIN_RESPONSE
+expect_run v1 0 '{"type":"LOGIN_RESPONSE","code":2,"payload":{"success":true,"user_id":"2","username":"bob"}}'
+
+# field: no such line is exit 1.
+code=0
+field HANGUP call_id "$tmp/v1.out" >/dev/null || code=$?
+[[ "$code" == 1 ]] || fail "field without a match: exit code $code, expected 1" "$tmp/field.err"
 pass
 
 echo "test_server.sh: $passed passed, 0 failed"

@@ -1,5 +1,6 @@
 //! switchboard-cli against a real server: every subcommand, every exit code,
-//! password sources, TLS, and JSON-line sessions.
+//! password sources, TLS, JSON-line sessions, protocol 2 (HELLO, token files and
+//! RESUME, guests, every protocol 2 request), and `field`.
 
 use std::fs;
 use std::net::TcpListener;
@@ -265,6 +266,35 @@ fn usage_errors_exit_2() {
             "CALL_ME",
         ],
         &["--ca", "a.pem", "--insecure", "ping"],
+        &["--protocol", "3", "ping"],
+        &["--protocol", "0", "ping"],
+        &["session", "--guest", "v", "--username", "a"],
+        &["session", "--guest", "v", "--token-file", "t"],
+        &["session", "--no-login", "--password", "x"],
+        &["--protocol", "1", "session", "--guest", "visitor"],
+        &[
+            "--protocol",
+            "1",
+            "login",
+            "--token-file",
+            "t",
+            "--username",
+            "a",
+        ],
+        &[
+            "login",
+            "--token-file",
+            "/nonexistent-dir/t",
+            "--username",
+            "a",
+        ],
+        &["field", "CALL_ME", "call_id"],
+        &["field", "HANGUP", "a..b"],
+        &["field", "HANGUP"],
+        &["field", "--wait", "HANGUP", "call_id"],
+        &["field", "--where", "nokey", "HANGUP", "call_id"],
+        &["field", "--nth", "0", "HANGUP", "call_id"],
+        &["field", "HANGUP", "call_id", "/nonexistent-dir/out"],
     ];
     for args in cases {
         let out = Cli::bare().args(args).run();
@@ -456,11 +486,13 @@ fn tls_insecure_accepts_an_untrusted_certificate() {
 }
 
 /// A session's LOGIN_RESPONSE is printed; `--until LOGIN_RESPONSE` exits right after it.
+/// `--protocol 1` speaks v1: no HELLO, so no WELCOME and no protocol 2 fields.
 #[test]
 fn a_session_prints_its_own_login_response() {
     let server = TestServer::start();
     register(&server, "alice", "pw-a");
     let out = cli(server.addr)
+        .args(&["--protocol", "1"])
         .args(&["session", "--username", "alice", "--password", "pw-a"])
         .args(&["--until", "login_response"])
         .run();
@@ -490,7 +522,12 @@ fn a_session_ending_with_a_bare_heartbeat_exits_0() {
         .collect();
     assert_eq!(
         types,
-        ["LOGIN_RESPONSE", "USER_LIST_RESPONSE", "HEARTBEAT"],
+        [
+            "WELCOME",
+            "LOGIN_RESPONSE",
+            "USER_LIST_RESPONSE",
+            "HEARTBEAT"
+        ],
         "{out}"
     );
 }
@@ -645,7 +682,7 @@ fn a_session_that_never_sees_its_until_frame_exits_4() {
         .args(&["--until", "CALL_NOTIFICATION", "--timeout", "0.5"])
         .run();
     out.expect_code(4);
-    assert_eq!(out.json_lines()[0]["type"], "LOGIN_RESPONSE", "{out}");
+    assert_eq!(out.json_lines()[1]["type"], "LOGIN_RESPONSE", "{out}");
     assert!(
         out.stderr
             .contains("timed out waiting for CALL_NOTIFICATION"),
@@ -779,9 +816,10 @@ fn a_session_with_a_wrong_password_exits_1() {
         .run();
     out.expect_code(1);
     let lines = out.json_lines();
-    assert_eq!(lines.len(), 1, "{out}");
-    assert_eq!(lines[0]["type"], "LOGIN_RESPONSE");
-    assert_eq!(lines[0]["payload"]["success"], false);
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["type"], "WELCOME");
+    assert_eq!(lines[1]["type"], "LOGIN_RESPONSE");
+    assert_eq!(lines[1]["payload"]["success"], false);
     assert!(out.stderr.contains("invalid username or password"), "{out}");
 }
 
@@ -805,4 +843,582 @@ fn help_documents_exit_codes_and_password_sources() {
     let out = Cli::bare().args(&["login", "--help"]).run();
     out.expect_code(0);
     assert!(out.stdout.contains("process list"), "{out}");
+}
+
+/// The JSON lines' `type` fields, in order.
+fn types(out: &crate::support::cli::Output) -> Vec<String> {
+    out.json_lines()
+        .iter()
+        .map(|l| l["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The token file's content, parsed.
+fn token_file(path: &std::path::Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// By default a session says HELLO first: the WELCOME is printed, and the LOGIN_RESPONSE
+/// carries protocol 2's session token. `--no-login` stops at the WELCOME; with
+/// `--protocol 1` it sends nothing of its own.
+#[test]
+fn sessions_say_hello_first_unless_protocol_1() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "LOGIN_RESPONSE"])
+        .run();
+    out.expect_code(0);
+    let lines = out.json_lines();
+    assert_eq!(types(&out), ["WELCOME", "LOGIN_RESPONSE"], "{out}");
+    assert_eq!(lines[0]["payload"]["protocol_version"], 2);
+    let login = &lines[1]["payload"];
+    assert_eq!(
+        (&login["success"], &login["username"]),
+        (&json!(true), &json!("alice"))
+    );
+    assert!(
+        login["session_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{out}"
+    );
+    assert!(login["expires_at"].as_u64().is_some(), "{out}");
+
+    let out = cli(server.addr)
+        .args(&["session", "--no-login", "--until", "WELCOME"])
+        .run();
+    out.expect_code(0);
+    assert_eq!(types(&out), ["WELCOME"], "{out}");
+    let out = cli(server.addr)
+        .args(&[
+            "--protocol",
+            "1",
+            "session",
+            "--no-login",
+            "--until",
+            "HEARTBEAT",
+        ])
+        .stdin("{\"type\":\"HEARTBEAT\",\"timestamp\":3}\n")
+        .run();
+    out.expect_code(0);
+    assert_eq!(types(&out), ["HEARTBEAT"], "{out}");
+    // login and users speak protocol 2 as well, and still log out before they return.
+    cli(server.addr)
+        .args(&["users", "--username", "alice", "--password", "pw-a"])
+        .run()
+        .expect_code(0);
+    assert_eq!(server.stats().online_users, 0);
+}
+
+/// `login --token-file` saves the session token (mode 0600, naming its user); later runs
+/// with the file log in by RESUME with no password at all, `users` included, and leave
+/// the token valid (no LOGOUT). Each RESUME's fresh token replaces the file's.
+#[test]
+fn a_token_file_logs_in_again_without_the_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let file = server.dir.path().join("alice.token");
+    let file_arg = file.to_str().unwrap();
+    let out = cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .args(&["--token-file", file_arg])
+        .run();
+    out.expect_code(0);
+    assert_eq!(out.stdout, "logged in user_id=1 username=alice\n", "{out}");
+    assert!(out.stderr.is_empty(), "{out}");
+    let mode = fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let saved = token_file(&file);
+    assert_eq!(
+        (&saved["username"], &saved["user_id"]),
+        (&json!("alice"), &json!("1"))
+    );
+    assert!(saved["session_token"].as_str().unwrap().starts_with("sb1."));
+    server.wait_until_clean(0);
+
+    // No --username, no password anywhere: only the token can log alice in.
+    let out = cli(server.addr)
+        .args(&[
+            "session",
+            "--token-file",
+            file_arg,
+            "--until",
+            "LOGIN_RESPONSE",
+        ])
+        .run();
+    out.expect_code(0);
+    assert!(out.stderr.is_empty(), "{out}");
+    let lines = out.json_lines();
+    assert_eq!(types(&out), ["WELCOME", "LOGIN_RESPONSE"], "{out}");
+    assert_eq!(lines[1]["payload"]["username"], "alice");
+    assert_eq!(
+        token_file(&file)["session_token"],
+        lines[1]["payload"]["session_token"],
+        "the file holds the token the RESUME handed out"
+    );
+
+    for _ in 0..2 {
+        let out = cli(server.addr)
+            .args(&["users", "--token-file", file_arg])
+            .run();
+        out.expect_code(0);
+        assert_eq!(out.stdout, "1\talice\tAvailable\n", "{out}");
+    }
+    // --username may be given too, in any case; it must match the file's user.
+    cli(server.addr)
+        .args(&["login", "--username", "ALICE", "--token-file", file_arg])
+        .run()
+        .expect_code(0);
+    server.wait_until_clean(0);
+}
+
+/// A token the server refuses (LOGOUT revoked it) falls back to the password when one is
+/// given, saying so on stderr; the refused RESUME's ERROR is not printed, and the new
+/// token is saved. Without a password the ERROR is the answer: exit 1, file unchanged.
+#[test]
+fn a_refused_token_falls_back_to_the_password_and_says_so() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let dir = server.dir.path();
+    let file = dir.join("alice.token");
+    let file_arg = file.to_str().unwrap();
+    let pw_file = dir.join("alice.pw");
+    fs::write(&pw_file, "pw-a\n").unwrap();
+    let revoke = || {
+        // `login` without a token file ends with LOGOUT: every token of alice is revoked.
+        cli(server.addr)
+            .args(&["login", "--username", "alice", "--password", "pw-a"])
+            .run()
+            .expect_code(0);
+    };
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .args(&["--token-file", file_arg])
+        .run()
+        .expect_code(0);
+    revoke();
+    let out = cli(server.addr)
+        .args(&[
+            "session",
+            "--token-file",
+            file_arg,
+            "--until",
+            "LOGIN_RESPONSE",
+        ])
+        .args(&["--password-file", pw_file.to_str().unwrap()])
+        .run();
+    out.expect_code(0);
+    assert_eq!(types(&out), ["WELCOME", "LOGIN_RESPONSE"], "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the session token in {file_arg} was refused (401 session token revoked); \
+             logging in with the password"
+        )),
+        "{out}"
+    );
+    let token = out.json_lines()[1]["payload"]["session_token"].clone();
+    assert_eq!(token_file(&file)["session_token"], token);
+
+    revoke();
+    let before = fs::read_to_string(&file).unwrap();
+    let out = cli(server.addr)
+        .args(&[
+            "session",
+            "--token-file",
+            file_arg,
+            "--until",
+            "LOGIN_RESPONSE",
+        ])
+        .run();
+    out.expect_code(1);
+    assert_eq!(types(&out), ["WELCOME", "ERROR"], "{out}");
+    assert_eq!(out.json_lines()[1]["payload"]["code"], 401);
+    assert!(
+        out.stderr.contains("no password was given to fall back on")
+            && out
+                .stderr
+                .contains("server error 401: session token revoked"),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), before, "left as it was");
+    // The environment counts as a password source too.
+    cli(server.addr)
+        .args(&["login", "--token-file", file_arg])
+        .env("SWITCHBOARD_PASSWORD", "pw-a")
+        .run()
+        .expect_code(0);
+    assert_ne!(fs::read_to_string(&file).unwrap(), before);
+}
+
+/// A session keeps its token file current: TOKEN_REFRESH and PASSWORD_CHANGE answers
+/// replace the token before their line is printed, and LOGOUT removes the file.
+#[test]
+fn a_session_keeps_its_token_file_current() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let file = server.dir.path().join("alice.token");
+    let file_arg = file.to_str().unwrap();
+    let mut alice = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--token-file", file_arg, "--timeout", "20"])
+        .spawn();
+    let login = alice.expect("LOGIN_RESPONSE");
+    assert_eq!(
+        token_file(&file)["session_token"],
+        login["payload"]["session_token"]
+    );
+    alice.send(r#"{"type":"TOKEN_REFRESH_REQUEST","req_id":"r1"}"#);
+    let refreshed = alice.expect("TOKEN_REFRESH_RESPONSE");
+    assert_eq!(refreshed["payload"]["req_id"], "r1");
+    assert_eq!(
+        token_file(&file)["session_token"],
+        refreshed["payload"]["session_token"]
+    );
+    assert_eq!(token_file(&file)["username"], "alice");
+    alice.send(
+        r#"{"type":"PASSWORD_CHANGE_REQUEST","old_password_hash":"pw-a","new_password_hash":"pw-b"}"#,
+    );
+    let changed = alice.expect("PASSWORD_CHANGE_RESPONSE");
+    assert_eq!(
+        token_file(&file)["session_token"],
+        changed["payload"]["session_token"]
+    );
+    alice.send(r#"{"type":"LOGOUT_REQUEST"}"#);
+    alice.expect("LOGOUT_RESPONSE");
+    assert!(
+        !file.exists(),
+        "LOGOUT revoked the tokens: the file is gone"
+    );
+    let out = alice.finish();
+    assert!(out.stderr.is_empty(), "{out}");
+    // The new password works, and saves a token again.
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-b"])
+        .args(&["--token-file", file_arg])
+        .run()
+        .expect_code(0);
+    assert!(file.exists());
+}
+
+/// A token file that is not one, or holds another user's token, is refused (exit 2)
+/// before anything is sent, and left as it was; an empty one needs --username.
+#[test]
+fn a_foreign_or_garbled_token_file_is_refused_and_left_alone() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    register(&server, "bob", "pw-b");
+    let dir = server.dir.path();
+    let garbled = dir.join("garbled");
+    fs::write(&garbled, "not a token\n").unwrap();
+    let alices = dir.join("alice.token");
+    cli(server.addr)
+        .args(&["login", "--username", "alice", "--password", "pw-a"])
+        .args(&["--token-file", alices.to_str().unwrap()])
+        .run()
+        .expect_code(0);
+    let alice_token = fs::read_to_string(&alices).unwrap();
+    let empty = dir.join("empty");
+    fs::write(&empty, "").unwrap();
+    let cases: [(&std::path::Path, &[&str], &str); 3] = [
+        (
+            &garbled,
+            &["--username", "bob", "--password", "pw-b"],
+            "not a switchboard-cli token file",
+        ),
+        (
+            &alices,
+            &["--username", "bob", "--password", "pw-b"],
+            "holds the session token of alice, not of bob",
+        ),
+        (&empty, &["--password", "pw-b"], "give --username"),
+    ];
+    // Pointed at a port that records connections: none may come.
+    let watch = TcpListener::bind("127.0.0.1:0").unwrap();
+    watch.set_nonblocking(true).unwrap();
+    for (file, args, why) in cases {
+        let out = cli(watch.local_addr().unwrap())
+            .args(&["session", "--token-file", file.to_str().unwrap()])
+            .args(args)
+            .run();
+        out.expect_code(2);
+        assert!(out.stderr.contains(why), "{out}");
+    }
+    assert!(watch.accept().is_err(), "nothing was sent");
+    assert_eq!(fs::read_to_string(&garbled).unwrap(), "not a token\n");
+    assert_eq!(fs::read_to_string(&alices).unwrap(), alice_token);
+}
+
+/// `--guest NAME` logs in without an account: the server's guest name, no token.
+/// A registered user's name is refused with the server's 409 (exit 1).
+#[test]
+fn a_guest_session_needs_no_account() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--guest", "visitor", "--until", "LOGIN_RESPONSE"])
+        .run();
+    out.expect_code(0);
+    let login = &out.json_lines()[1]["payload"];
+    assert_eq!(login["username"], "visitor (guest)", "{out}");
+    assert_eq!(login["guest"], true);
+    assert!(login.get("session_token").is_none(), "{out}");
+    let out = cli(server.addr)
+        .args(&["session", "--guest", "alice", "--until", "LOGIN_RESPONSE"])
+        .run();
+    out.expect_code(1);
+    assert_eq!(types(&out), ["WELCOME", "ERROR"], "{out}");
+    assert!(out.stderr.contains("409"), "{out}");
+}
+
+/// Every protocol 2 request goes through a session's stdin and every answer prints:
+/// HELLO, GUEST_LOGIN and ICE_SERVERS as an anonymous v1 session's commands, then
+/// RESUME (with a token pulled out by `field`), TOKEN_REFRESH, PASSWORD_CHANGE and
+/// ACCOUNT_DELETE.
+#[test]
+fn every_protocol_2_request_can_be_sent_from_a_session() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let lines = [
+        r#"{"type":"HELLO","protocol_version":2,"client_name":"script"}"#,
+        r#"{"type":"GUEST_LOGIN_REQUEST","display_name":"visitor"}"#,
+        r#"{"type":"ICE_SERVERS_REQUEST","req_id":1}"#,
+        r#"{"type":"TOKEN_REFRESH_REQUEST"}"#,
+        r#"{"type":"HEARTBEAT"}"#,
+    ];
+    let out = cli(server.addr)
+        .args(&[
+            "--protocol",
+            "1",
+            "session",
+            "--no-login",
+            "--until",
+            "HEARTBEAT",
+        ])
+        .stdin(lines.join("\n") + "\n")
+        .run();
+    out.expect_code(0);
+    assert_eq!(
+        types(&out),
+        [
+            "WELCOME",
+            "LOGIN_RESPONSE",
+            "ICE_SERVERS_RESPONSE",
+            "ERROR",
+            "HEARTBEAT"
+        ],
+        "{out}"
+    );
+    let lines_out = out.json_lines();
+    assert_eq!(lines_out[1]["payload"]["guest"], true);
+    assert_eq!(lines_out[2]["payload"]["req_id"], 1);
+    assert_eq!(lines_out[3]["payload"]["code"], 403, "guests have no token");
+
+    // A token, pulled out of a session's output by `field`.
+    let login = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "LOGIN_RESPONSE"])
+        .run();
+    login.expect_code(0);
+    let token = cli(server.addr)
+        .args(&["field", "LOGIN_RESPONSE", "session_token"])
+        .stdin(login.stdout.clone())
+        .run();
+    token.expect_code(0);
+    let token = token.stdout.trim_end().to_string();
+    assert!(token.starts_with("sb1."), "{token}");
+    server.wait_until_clean(0);
+    let lines = [
+        json!({"type": "RESUME_REQUEST", "session_token": token, "req_id": "r"}).to_string(),
+        r#"{"type":"TOKEN_REFRESH_REQUEST"}"#.into(),
+        r#"{"type":"PASSWORD_CHANGE_REQUEST","old_password_hash":"pw-a","new_password_hash":"pw-b"}"#.into(),
+        r#"{"type":"ACCOUNT_DELETE_REQUEST","password_hash":"pw-b"}"#.into(),
+        r#"{"type":"HEARTBEAT"}"#.into(),
+    ];
+    let out = cli(server.addr)
+        .args(&["session", "--no-login", "--until", "HEARTBEAT"])
+        .stdin(lines.join("\n") + "\n")
+        .run();
+    out.expect_code(0);
+    assert_eq!(
+        types(&out),
+        [
+            "WELCOME",
+            "LOGIN_RESPONSE",
+            "TOKEN_REFRESH_RESPONSE",
+            "PASSWORD_CHANGE_RESPONSE",
+            "ACCOUNT_DELETE_RESPONSE",
+            "HEARTBEAT"
+        ],
+        "{out}"
+    );
+    let lines_out = out.json_lines();
+    assert_eq!(lines_out[1]["payload"]["req_id"], "r");
+    assert_eq!(lines_out[4]["payload"], json!({"success": true}));
+    // Protocol 2 fields are checked before anything is sent.
+    for (line, why) in [
+        (r#"{"type":"RESUME_REQUEST"}"#, "session_token"),
+        (
+            r#"{"type":"HELLO","protocol_version":"two"}"#,
+            "protocol_version",
+        ),
+        (r#"{"type":"WELCOME"}"#, "sent by the server"),
+    ] {
+        let out = cli(server.addr)
+            .args(&["session", "--no-login", "--until", "HEARTBEAT"])
+            .stdin(format!("{line}\n"))
+            .run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("input line 1") && out.stderr.contains(why),
+            "{out}"
+        );
+    }
+}
+
+/// A session started again from its token file takes back its held call: the peer sees
+/// PEER_STATUS reconnecting when the first process dies and reconnected on the RESUME,
+/// and the LOGIN_RESPONSE names the call.
+#[test]
+fn a_held_call_resumes_from_the_token_file() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let bob_id = register(&server, "bob", "pw-b");
+    let file = server.dir.path().join("alice.token");
+    let file_arg = file.to_str().unwrap();
+    let mut bob = cli(server.addr)
+        .args(&[
+            "session",
+            "--username",
+            "bob",
+            "--password",
+            "pw-b",
+            "--timeout",
+            "20",
+        ])
+        .spawn();
+    bob.expect("LOGIN_RESPONSE");
+    let mut alice = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--token-file", file_arg, "--timeout", "20"])
+        .spawn();
+    alice.expect("LOGIN_RESPONSE");
+    alice.send(&format!(
+        r#"{{"type":"CALL_REQUEST","to_user_id":{bob_id}}}"#
+    ));
+    let ring = bob.expect("CALL_NOTIFICATION");
+    let call_id = ring["payload"]["call_id"].as_str().unwrap().to_string();
+    bob.send(&format!(
+        r#"{{"type":"CALL_RESPONSE","call_id":"{call_id}","accepted":true}}"#
+    ));
+    alice.expect("CALL_ACCEPTED");
+    drop(alice); // killed: the connection drops without LOGOUT
+    let status = bob.expect("PEER_STATUS");
+    assert_eq!(status["payload"]["status"], "reconnecting");
+    assert_eq!(status["payload"]["call_id"], call_id.as_str());
+
+    let mut alice = cli(server.addr)
+        .args(&["session", "--token-file", file_arg, "--timeout", "20"])
+        .args(&["--until", "HANGUP"])
+        .spawn();
+    let login = alice.expect("LOGIN_RESPONSE");
+    assert_eq!(
+        login["payload"]["call_id"],
+        call_id.as_str(),
+        "the call goes on"
+    );
+    assert_eq!(
+        bob.expect("PEER_STATUS")["payload"]["status"],
+        "reconnected"
+    );
+    bob.send(&format!(r#"{{"type":"HANGUP","call_id":"{call_id}"}}"#));
+    let out = alice.finish();
+    out.expect_code(0);
+    assert!(out.stderr.is_empty(), "{out}");
+}
+
+/// `field` pulls one value out of session output: from stdin, from a finished file, or
+/// (`--wait`) from the file a running session is still writing; no such line is exit 1,
+/// and a line that never comes is exit 4 at --timeout.
+#[test]
+fn field_pulls_a_value_out_of_session_output() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let bob_id = register(&server, "bob", "pw-b");
+    let bob_out = server.dir.path().join("bob.out");
+    let bob_out_arg = bob_out.to_str().unwrap();
+    let mut bob = cli(server.addr)
+        .args(&["session", "--username", "bob", "--password", "pw-b"])
+        .args(&["--until", "HANGUP", "--timeout", "20"])
+        .stdout_to(&bob_out)
+        .spawn();
+    // bob's session writes its file while `field --wait` reads it.
+    let user_id = cli(server.addr)
+        .args(&["field", "--wait", "LOGIN_RESPONSE", "user_id", bob_out_arg])
+        .run();
+    user_id.expect_code(0);
+    assert_eq!(user_id.stdout, format!("{bob_id}\n"));
+    let mut alice = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--timeout", "20"])
+        .spawn();
+    alice.expect("LOGIN_RESPONSE");
+    alice.send(&format!(
+        r#"{{"type":"CALL_REQUEST","to_user_id":"{bob_id}"}}"#
+    ));
+    let call_id = cli(server.addr)
+        .args(&[
+            "field",
+            "--wait",
+            "CALL_NOTIFICATION",
+            "call_id",
+            bob_out_arg,
+        ])
+        .run();
+    call_id.expect_code(0);
+    let call_id = call_id.stdout.trim_end().to_string();
+    assert!(call_id.parse::<u64>().is_ok(), "{call_id:?}");
+    bob.send(&format!(
+        r#"{{"type":"CALL_RESPONSE","call_id":"{call_id}","accepted":true}}"#
+    ));
+    alice.expect("CALL_ACCEPTED");
+    alice.send(&format!(r#"{{"type":"HANGUP","call_id":"{call_id}"}}"#));
+    bob.finish().expect_code(0);
+
+    // The finished file: --where and --nth pick the line, . is the whole payload.
+    let field = |args: &[&str]| cli(server.addr).args(&["field"]).args(args).run();
+    let out = field(&[
+        "--where",
+        &format!("call_id={call_id}"),
+        "HANGUP",
+        ".",
+        bob_out_arg,
+    ]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, format!("{{\"call_id\":\"{call_id}\"}}\n"));
+    let out = field(&["--nth", "2", "CALL_NOTIFICATION", "call_id", bob_out_arg]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("no CALL_NOTIFICATION line (--nth 2)"),
+        "{out}"
+    );
+    let out = field(&["HANGUP", "sdp", bob_out_arg]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("has no field sdp"), "{out}");
+    let out = field(&[
+        "--timeout",
+        "0.3",
+        "--wait",
+        "SDP_OFFER",
+        "sdp",
+        bob_out_arg,
+    ]);
+    out.expect_code(4);
+    assert!(
+        out.stderr.contains("timed out waiting for SDP_OFFER line"),
+        "{out}"
+    );
 }

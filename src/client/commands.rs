@@ -1,4 +1,5 @@
-//! The one-shot requests: register, login, the user list and ping.
+//! The one-shot requests: register, login, the user list and ping, and the
+//! waiting for an answer that every request shares.
 //!
 //! Each sends one request and waits for its answer, skipping what the server
 //! pushes meanwhile (presence updates). An ERROR instead of the answer, or a
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{ClientError, Connection, Frame};
 use crate::tcp::message::{
-    AuthResponse, Credentials, Empty, Heartbeat, MessageType, Request, ServerMessage, UserList,
+    AuthResponse, Credentials, Empty, ErrorMessage, Heartbeat, MessageType, Request, ServerMessage,
+    UserList,
 };
 
 /// A user as LOGIN_RESPONSE and REGISTER_RESPONSE name them.
@@ -17,6 +19,48 @@ use crate::tcp::message::{
 pub struct Account {
     pub user_id: String,
     pub username: String,
+}
+
+/// What answered a request: the expected frame, or the ERROR the server sent instead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Answer(Frame),
+    Refused { frame: Frame, error: ErrorMessage },
+}
+
+impl From<ErrorMessage> for ClientError {
+    fn from(e: ErrorMessage) -> ClientError {
+        ClientError::Server {
+            code: Some(e.code),
+            message: e.message,
+        }
+    }
+}
+
+/// Waits for the frame of type `kind` or an ERROR, handing every other frame
+/// (pushes) to `other` in the order they came.
+///
+/// # Errors
+/// As [`Connection::recv`]; [`ClientError::Protocol`] for an ERROR that does not decode.
+pub fn await_reply(
+    conn: &mut Connection,
+    kind: MessageType,
+    deadline: Instant,
+    other: &mut dyn FnMut(Frame),
+) -> Result<Reply, ClientError> {
+    loop {
+        let frame = conn.recv(deadline, kind.name())?;
+        if frame.is(kind) {
+            return Ok(Reply::Answer(frame));
+        }
+        if frame.is(MessageType::Error) {
+            return match frame.decode()? {
+                ServerMessage::Error(error) => Ok(Reply::Refused { frame, error }),
+                _ => Err(ClientError::Protocol("ERROR frame without an error".into())),
+            };
+        }
+        other(frame);
+    }
 }
 
 /// Waits for the frame of type `kind`, skipping pushes of other types.
@@ -28,20 +72,9 @@ pub fn await_answer(
     kind: MessageType,
     deadline: Instant,
 ) -> Result<Frame, ClientError> {
-    loop {
-        let frame = conn.recv(deadline, kind.name())?;
-        if frame.is(kind) {
-            return Ok(frame);
-        }
-        if frame.is(MessageType::Error) {
-            return Err(match frame.decode()? {
-                ServerMessage::Error(e) => ClientError::Server {
-                    code: Some(e.code),
-                    message: e.message,
-                },
-                _ => ClientError::Protocol("ERROR frame without an error".into()),
-            });
-        }
+    match await_reply(conn, kind, deadline, &mut |_| {})? {
+        Reply::Answer(frame) => Ok(frame),
+        Reply::Refused { error, .. } => Err(error.into()),
     }
 }
 

@@ -115,7 +115,8 @@ impl Frame {
     /// # Errors
     /// [`ClientError::Protocol`] for an unknown type or a payload that does not fit.
     pub fn decode(&self) -> Result<ServerMessage, ClientError> {
-        ServerMessage::decode(self.kind, &self.payload).map_err(ClientError::Protocol)
+        ServerMessage::decode(self.kind, &self.payload)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
 

@@ -6,8 +6,13 @@
 //!   bounded by a deadline. The socket is non-blocking and waits are poll(2), so
 //!   the thread that owns it can also wait on another descriptor.
 //! - [`commands`]: the one-shot requests: register, login, user list, ping.
+//! - [`login`]: HELLO (protocol 2) and logging in by password, session token
+//!   (RESUME, falling back to the password on a 401) or as a guest.
+//! - [`token`]: the session token file (`--token-file`), written atomically
+//!   with mode 0600 and kept in step with a session.
 //! - [`session`]: JSON-line mode: commands from a reader, every received frame
 //!   out as one JSON line.
+//! - [`field`]: one value out of a session's output, for scripts.
 //! - [`password`]: where the secret comes from (flag, file, environment, prompt).
 //! - [`ClientError`] and [`exit`]: what went wrong, and the documented exit code
 //!   for each kind of failure.
@@ -17,8 +22,11 @@
 
 pub mod commands;
 pub mod connection;
+pub mod field;
+pub mod login;
 pub mod password;
 pub mod session;
+pub mod token;
 
 use std::fmt;
 use std::io;
@@ -29,7 +37,8 @@ pub use connection::{ConnectOptions, Connection, Event, Frame, TlsTrust};
 /// The exit codes of `switchboard-cli`, one per kind of outcome.
 pub mod exit {
     pub const SUCCESS: u8 = 0;
-    /// The server answered with an error (ERROR, or `success:false`).
+    /// The server answered with an error (ERROR, or `success:false`); also
+    /// `field` finding no such line or field.
     pub const SERVER_ERROR: u8 = 1;
     /// Bad arguments or input; also clap's code for usage errors.
     pub const USAGE: u8 = 2;
@@ -57,6 +66,8 @@ pub enum ClientError {
     Server { code: Option<u16>, message: String },
     /// The server sent something this client cannot read.
     Protocol(String),
+    /// `field`: the input has no such line, or the line no such field.
+    NotFound(String),
     /// Writing the output failed (stdout closed).
     Output(io::Error),
 }
@@ -70,9 +81,10 @@ impl ClientError {
             | ClientError::Handshake { .. }
             | ClientError::ConnectionLost(_) => exit::CANNOT_CONNECT,
             ClientError::Timeout(_) => exit::TIMEOUT,
-            ClientError::Server { .. } | ClientError::Protocol(_) | ClientError::Output(_) => {
-                exit::SERVER_ERROR
-            }
+            ClientError::Server { .. }
+            | ClientError::Protocol(_)
+            | ClientError::NotFound(_)
+            | ClientError::Output(_) => exit::SERVER_ERROR,
         }
     }
 }
@@ -98,6 +110,7 @@ impl fmt::Display for ClientError {
                 message,
             } => write!(f, "server error: {message}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::NotFound(m) => f.write_str(m),
             ClientError::Output(e) => write!(f, "cannot write output: {e}"),
         }
     }
@@ -162,6 +175,7 @@ mod tests {
                 1,
             ),
             (ClientError::Protocol("x".into()), 1),
+            (ClientError::NotFound("x".into()), 1),
             (ClientError::Output(io()), 1),
         ];
         for (err, code) in cases {

@@ -84,6 +84,27 @@ pub fn resolve(
     Ok(password)
 }
 
+/// The password from the sources that need no terminal: the flag, the file or
+/// [`PASSWORD_ENV`], in [`resolve`]'s order; `None` when none of them gives one.
+///
+/// # Errors
+/// As [`resolve`], for the flag and the file together or an unreadable file.
+pub fn without_prompt(
+    given: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ClientError> {
+    if given.is_some() || file.is_some() {
+        return resolve(given, file, None, None).map(Some);
+    }
+    Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
+}
+
+/// Whether [`read`] may prompt: stdin is a terminal.
+pub fn can_prompt() -> bool {
+    use std::io::IsTerminal;
+    io::stdin().is_terminal()
+}
+
 /// [`resolve`] with the real sources: `$SWITCHBOARD_PASSWORD`, and a prompt
 /// (showing `prompt_text`, without echo) only when stdin is a terminal.
 ///

@@ -1,5 +1,10 @@
-//! JSON-line mode: log in, then send one command per input line and write every
-//! received frame as one compact JSON line.
+//! JSON-line mode: once logged in ([`super::login`]), send one command per
+//! input line and write every received frame as one compact JSON line.
+//!
+//! Every client message type can be sent, protocol 2's included (HELLO,
+//! RESUME_REQUEST, TOKEN_REFRESH_REQUEST, GUEST_LOGIN_REQUEST,
+//! ICE_SERVERS_REQUEST, PASSWORD_CHANGE_REQUEST, ACCOUNT_DELETE_REQUEST), and
+//! every server message type prints, known or not.
 //!
 //! Input: `{"type":"CALL_REQUEST","to_user_id":"2"}`. `type` is a protocol name
 //! (any case) or a numeric code (`8`, `"8"`, `"0x08"`); the rest of the object
@@ -14,6 +19,7 @@
 //! an eventfd; the session's own thread owns the connection and waits in poll(2)
 //! on the socket and that eventfd. The socket is never shared.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -26,9 +32,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::token::TokenKeeper;
 use super::{ClientError, Connection, Event, Frame};
 use crate::tcp::frame;
-use crate::tcp::message::{Credentials, Heartbeat, MessageType, Request, ServerMessage};
+use crate::tcp::message::{Empty, Heartbeat, MessageType, Request};
 
 /// How long one write may take when the session itself has no deadline.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,7 +128,7 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
     match Request::parse(kind, &payload) {
         Ok(Some(_)) => Ok(Command { kind, payload }),
         Ok(None) => Err(CommandError::ServerOnly(kind)),
-        Err(message) => Err(CommandError::InvalidPayload(message)),
+        Err(message) => Err(CommandError::InvalidPayload(message.to_string())),
     }
 }
 
@@ -267,11 +274,12 @@ pub struct SessionOptions {
     pub until: Option<MessageType>,
     /// Give up with a timeout at this instant; `None`: never.
     pub deadline: Option<Instant>,
-    /// Bound for the login answer.
-    pub login_deadline: Instant,
     /// Send a HEARTBEAT after this long without sending anything, so the
     /// server's idle timeout does not end a quiet session. `None`: never.
     pub keepalive: Option<Duration>,
+    /// The connection speaks protocol 2 already (HELLO answered, or a RESUME or
+    /// guest login). Frames on the way can switch it too.
+    pub protocol_2: bool,
 }
 
 /// How a session ended successfully.
@@ -298,54 +306,143 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Logs in, then relays `input` lines to the server and every frame to `out`
-/// until the `until` frame, the server's close, or the deadline.
-///
-/// The LOGIN_RESPONSE is written like every other frame.
+/// Writes the frames of the session's own login (WELCOME, LOGIN_RESPONSE, or
+/// the ERROR that refused it), one line each. Stops after the `until` frame
+/// and says so with [`SessionEnd::Until`].
 ///
 /// # Errors
-/// [`ClientError::Server`] if the login fails, [`ClientError::Usage`] for a bad
-/// input line (naming its number), [`ClientError::Timeout`] at the deadline,
-/// [`ClientError::ConnectionLost`] if the server closes before `until`.
+/// [`ClientError::Output`] if writing fails.
+pub fn write_login(
+    out: &mut dyn Write,
+    frames: &[Frame],
+    until: Option<MessageType>,
+) -> Result<Option<SessionEnd>, ClientError> {
+    for frame in frames {
+        write_line(out, frame)?;
+        if until.is_some_and(|until| frame.is(until)) {
+            return Ok(Some(SessionEnd::Until));
+        }
+    }
+    Ok(None)
+}
+
+/// Relays `input` lines to the server and every frame to `out` until the
+/// `until` frame, the server's close, or the deadline. Call it once logged in
+/// (or not: a session may log in from its input).
+///
+/// A protocol 2 session that ends on purpose (the `until` frame, the deadline,
+/// a bad line) while it may be in a call logs out before returning, so the
+/// call ends at once as it would for a v1 client; unless it keeps a token
+/// file: then the server holds the call for a RESUME from that file.
+///
+/// With a `keeper`, every session token the server hands out is saved to its
+/// file before the frame's line is written, and the file is removed once
+/// LOGOUT or ACCOUNT_DELETE revoke the tokens; a file that cannot be written
+/// is reported on stderr and the session goes on.
+///
+/// # Errors
+/// [`ClientError::Usage`] for a bad input line (naming its number),
+/// [`ClientError::Timeout`] at the deadline, [`ClientError::ConnectionLost`]
+/// if the server closes before `until`.
 pub fn run(
     conn: &mut Connection,
-    username: &str,
-    secret: &str,
     input: &Input,
     out: &mut dyn Write,
     options: &SessionOptions,
+    mut keeper: Option<&mut TokenKeeper>,
 ) -> Result<SessionEnd, ClientError> {
-    let login_deadline =
-        earliest(Some(options.login_deadline), options.deadline).unwrap_or(options.login_deadline);
-    let login = Request::Login(Credentials {
-        username: username.to_string(),
-        password_hash: secret.to_string(),
-        req_id: None,
+    let resumable = keeper.is_some();
+    let call = CallTracker::default();
+    call.protocol_2.set(options.protocol_2);
+    let mut observe = |frame: &Frame| {
+        call.received(frame);
+        if let Some(keeper) = keeper.as_deref_mut()
+            && let Err(e) = keeper.observe(frame)
+        {
+            eprintln!("switchboard-cli: {e}");
+        }
+    };
+    let result = relay(conn, input, out, options, &mut observe, &mut |c| {
+        call.sent(c)
     });
-    conn.send(&login, login_deadline)?;
-    loop {
-        let frame = conn.recv(login_deadline, "LOGIN_RESPONSE")?;
-        write_line(out, &frame)?;
-        if frame.is(MessageType::LoginResponse) || frame.is(MessageType::Error) {
-            match frame.decode()? {
-                ServerMessage::LoginResponse(response) => {
-                    super::commands::account(response)?;
-                }
-                ServerMessage::Error(e) => {
-                    return Err(ClientError::Server {
-                        code: Some(e.code),
-                        message: e.message,
-                    });
-                }
-                _ => {}
+    // A protocol 2 session that ends on purpose in a call, with no token to
+    // resume it by, logs out: the server would otherwise hold the call for a
+    // resume that cannot come, and the peer would wait out the grace period.
+    // LOGOUT ends the call as a v1 disconnect does (the peer gets HANGUP).
+    let on_purpose = !matches!(
+        result,
+        Ok(SessionEnd::ServerClosed) | Err(ClientError::ConnectionLost(_))
+    );
+    if on_purpose && !resumable && call.in_call.get() && call.protocol_2.get() {
+        let _ = conn.send(
+            &Request::Logout(Empty::default()),
+            Instant::now() + LEAVE_TIMEOUT,
+        );
+    }
+    result
+}
+
+/// How long the LOGOUT at the end of a session may take to send.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the session may be in a call (ringing or active), from the frames
+/// it sent and received, and whether the connection speaks protocol 2 (whose
+/// calls the server holds when the connection drops). It errs on the side of
+/// "in a call": a CALL_REQUEST the server refused still counts, and costs at
+/// most a LOGOUT at the end.
+#[derive(Debug, Default)]
+struct CallTracker {
+    in_call: Cell<bool>,
+    protocol_2: Cell<bool>,
+}
+
+impl CallTracker {
+    fn sent(&self, command: &Command) {
+        match command.kind {
+            MessageType::CallRequest => self.in_call.set(true),
+            MessageType::CallResponse => {
+                let accepted = serde_json::from_str::<Value>(&command.payload)
+                    .is_ok_and(|v| v["accepted"] == Value::Bool(true));
+                self.in_call.set(accepted);
             }
-            break;
+            MessageType::Hangup | MessageType::LogoutRequest => self.in_call.set(false),
+            _ => {}
         }
     }
-    if options.until == Some(MessageType::LoginResponse) {
-        return Ok(SessionEnd::Until);
+
+    fn received(&self, frame: &Frame) {
+        let Some(kind) = frame.message_type() else {
+            return;
+        };
+        match kind {
+            MessageType::CallNotification | MessageType::CallAccepted => self.in_call.set(true),
+            MessageType::CallDeclined
+            | MessageType::Hangup
+            | MessageType::LogoutResponse
+            | MessageType::AccountDeleteResponse => self.in_call.set(false),
+            MessageType::LoginResponse => {
+                let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) else {
+                    return;
+                };
+                if v["success"] == Value::Bool(true) {
+                    // A RESUME that took a held call back names it.
+                    self.in_call.set(v["call_id"].is_string());
+                    // Only protocol 2 answers say when the session expires.
+                    if v["expires_at"].is_u64() {
+                        self.protocol_2.set(true);
+                    }
+                }
+            }
+            MessageType::Welcome => {
+                let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) else {
+                    return;
+                };
+                self.protocol_2
+                    .set(v["protocol_version"].as_u64().is_some_and(|p| p >= 2));
+            }
+            _ => {}
+        }
     }
-    relay(conn, input, out, options)
 }
 
 fn relay(
@@ -353,6 +450,8 @@ fn relay(
     input: &Input,
     out: &mut dyn Write,
     options: &SessionOptions,
+    observe: &mut dyn FnMut(&Frame),
+    sent: &mut dyn FnMut(&Command),
 ) -> Result<SessionEnd, ClientError> {
     let mut input_open = true;
     let mut line_number = 0usize;
@@ -362,6 +461,8 @@ fn relay(
         let wake = input_open.then(|| input.wake.fd());
         match conn.next_event(earliest(options.deadline, next_beat), wake)? {
             Event::Frame(frame) => {
+                // The token file first: once a script sees the line, the file is current.
+                observe(&frame);
                 write_line(out, &frame)?;
                 if options.until.is_some_and(|until| frame.is(until)) {
                     return Ok(SessionEnd::Until);
@@ -391,6 +492,7 @@ fn relay(
                                 .deadline
                                 .unwrap_or_else(|| Instant::now() + WRITE_TIMEOUT);
                             conn.send_frame(&command.to_frame(), deadline)?;
+                            sent(&command);
                             last_sent = Instant::now();
                         }
                         InputEvent::End => input_open = false,
@@ -554,6 +656,130 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Every protocol 2 client type (0x15 to 0x21) can be sent, its fields checked by
+    /// name; the others in that range are the server's, refused as input, and every
+    /// type, the server's included, prints under its name.
+    #[test]
+    fn every_protocol_2_type_can_be_sent_or_printed() {
+        use MessageType::*;
+        let requests = [
+            (
+                Hello,
+                r#"{"protocol_version":2,"client_name":"x","capabilities":["resume"]}"#,
+                r#"{"protocol_version":"two"}"#,
+                "protocol_version",
+            ),
+            (
+                ResumeRequest,
+                r#"{"session_token":"sb1.x","req_id":"r1"}"#,
+                r#"{"session_token":5}"#,
+                "session_token",
+            ),
+            (TokenRefreshRequest, "{}", r#"{"req_id":1.5}"#, "req_id"),
+            (
+                GuestLoginRequest,
+                r#"{"display_name":"visitor"}"#,
+                r#"{"display_name":null}"#,
+                "display_name",
+            ),
+            (
+                IceServersRequest,
+                r#"{"req_id":7}"#,
+                r#"{"req_id":true}"#,
+                "req_id",
+            ),
+            (
+                PasswordChangeRequest,
+                r#"{"old_password_hash":"a","new_password_hash":"b"}"#,
+                r#"{"old_password_hash":"a"}"#,
+                "new_password_hash",
+            ),
+            (
+                AccountDeleteRequest,
+                r#"{"password_hash":"a"}"#,
+                r#"{"password_hash":[]}"#,
+                "password_hash",
+            ),
+        ];
+        let with_type = |kind: MessageType, payload: &str| {
+            let mut object: Map<String, Value> = serde_json::from_str(payload).unwrap();
+            object.insert("type".into(), Value::String(kind.name().into()));
+            Value::Object(object).to_string()
+        };
+        for (kind, good, bad, field) in requests {
+            let sent = command(&with_type(kind, good));
+            assert_eq!(sent.kind, kind);
+            let sent: Value = serde_json::from_str(&sent.payload).unwrap();
+            assert_eq!(sent, serde_json::from_str::<Value>(good).unwrap());
+            match parse_command(&with_type(kind, bad)) {
+                Err(CommandError::InvalidPayload(m)) => {
+                    assert!(m.contains(field), "{}: {m}", kind.name())
+                }
+                other => panic!("{}: {bad} gave {other:?}", kind.name()),
+            }
+        }
+        for &kind in MessageType::ALL {
+            if (0x15..=0x21).contains(&kind.code()) && !requests.iter().any(|(k, ..)| *k == kind) {
+                assert_eq!(
+                    parse_command(&with_type(kind, "{}")),
+                    Err(CommandError::ServerOnly(kind))
+                );
+            }
+            let line = frame_line(&Frame {
+                kind: kind.code(),
+                payload: b"{}".to_vec(),
+            });
+            assert!(
+                line.starts_with(&format!(
+                    r#"{{"type":"{}","code":{},"#,
+                    kind.name(),
+                    kind.code()
+                )),
+                "{line}"
+            );
+        }
+    }
+
+    /// The tracker thinks the session is in a call from a ring or an accepted call on,
+    /// and out of it after a decline, a HANGUP either way, or a logout.
+    #[test]
+    fn the_call_tracker_follows_rings_and_hangups() {
+        let got = |kind: MessageType, payload: &str| Frame {
+            kind: kind.code(),
+            payload: payload.as_bytes().to_vec(),
+        };
+        let call = CallTracker::default();
+        call.sent(&command(r#"{"type":"CALL_REQUEST","to_user_id":"2"}"#));
+        assert!(call.in_call.get());
+        call.received(&got(MessageType::CallDeclined, "{}"));
+        assert!(!call.in_call.get());
+        call.received(&got(MessageType::CallNotification, "{}"));
+        assert!(call.in_call.get());
+        call.sent(&command(
+            r#"{"type":"CALL_RESPONSE","call_id":"5","accepted":false}"#,
+        ));
+        assert!(!call.in_call.get());
+        call.received(&got(MessageType::CallNotification, "{}"));
+        call.sent(&command(
+            r#"{"type":"CALL_RESPONSE","call_id":"5","accepted":true}"#,
+        ));
+        assert!(call.in_call.get());
+        call.received(&got(MessageType::UserStateUpdate, "{}"));
+        assert!(call.in_call.get());
+        call.received(&got(MessageType::Hangup, r#"{"call_id":"5"}"#));
+        assert!(!call.in_call.get());
+        call.received(&got(
+            MessageType::LoginResponse,
+            r#"{"success":true,"user_id":"1","username":"a","call_id":"5","expires_at":9}"#,
+        ));
+        assert!(call.in_call.get(), "a RESUME took a held call back");
+        assert!(call.protocol_2.get(), "its expires_at says protocol 2");
+        call.sent(&command(r#"{"type":"HANGUP"}"#));
+        assert!(!call.in_call.get());
+        call.received(&got(MessageType::Welcome, r#"{"protocol_version":1}"#));
+        assert!(!call.protocol_2.get());
     }
 
     /// --until and commands resolve types the same way; unknown names and codes resolve to nothing.

@@ -2,8 +2,10 @@
 //! Every run is bounded: a CLI that hangs is killed and the test fails with its output.
 
 use std::fmt;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -62,6 +64,8 @@ pub struct Cli {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
+    /// stdout goes to this file instead of a pipe (what `field --wait` follows).
+    stdout_file: Option<PathBuf>,
 }
 
 /// `switchboard-cli --addr ADDR`.
@@ -107,6 +111,7 @@ impl Cli {
             args: Vec::new(),
             envs: Vec::new(),
             stdin: None,
+            stdout_file: None,
         }
     }
 
@@ -126,16 +131,27 @@ impl Cli {
         self
     }
 
+    /// Sends stdout to `path` (created or truncated), as a shell's `>path` does;
+    /// the output's `stdout` is then empty.
+    pub fn stdout_to(mut self, path: &Path) -> Cli {
+        self.stdout_file = Some(path.to_path_buf());
+        self
+    }
+
     fn command_line(&self) -> String {
         format!("switchboard-cli {}", self.args.join(" "))
     }
 
     fn spawn_child(&self) -> Child {
         let mut cmd = Command::new(BIN);
+        let stdout = match &self.stdout_file {
+            Some(path) => Stdio::from(File::create(path).expect("create the stdout file")),
+            None => Stdio::piped(),
+        };
         cmd.args(&self.args)
             .env_remove("SWITCHBOARD_PASSWORD")
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {
             cmd.env(k, v);
@@ -153,7 +169,10 @@ impl Cli {
             // The CLI may exit without reading everything; a broken pipe is fine.
             let _ = stdin.write_all(&bytes);
         });
-        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stdout = match child.stdout.take() {
+            Some(out) => collect(out),
+            None => thread::spawn(String::new),
+        };
         let stderr = collect(child.stderr.take().expect("stderr"));
         let code = wait_bounded(&mut child, &command);
         let _ = feeder.join();
@@ -171,9 +190,11 @@ impl Cli {
         let mut child = self.spawn_child();
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        // None with `stdout_to`: the lines go to the file, `expect` sees none.
+        let stdout = child.stdout.take();
         let reader = thread::spawn(move || {
-            for line in stdout.lines() {
+            let Some(stdout) = stdout else { return };
+            for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if tx.send(line).is_err() {
                     break;
