@@ -3,13 +3,26 @@
 //!
 //! This is the registry: [`MessageType`] lists every code once; [`Request`]
 //! (client to server) and [`ServerMessage`] (server to client) map codes to
-//! payload structs. Adding a type is one line in `message_types!`, one variant
-//! here, and one arm in the connection's dispatch, which the compiler demands.
+//! payload structs, generated from one table each (`requests!` also says each
+//! request's capability and whether it may come before login). Payloads live
+//! in a file per capability. Adding a request/response pair touches: this
+//! registry, the capability's payload file, its handler in `tcp/handlers/`
+//! and its use case in `application/hub/` (four files).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::frame;
+
+mod auth;
+mod calls;
+mod presence;
+mod sessions;
+
+pub use auth::*;
+pub use calls::*;
+pub use presence::*;
+pub use sessions::*;
 
 macro_rules! message_types {
     ($($variant:ident = $code:literal, $name:literal;)*) => {
@@ -217,28 +230,77 @@ macro_rules! direction {
     };
 }
 
-direction! {
-    /// What a client sends.
-    Request {
-        Login(Credentials) = LoginRequest,
-        Register(Credentials) = RegisterRequest,
-        UserList(Empty) = UserListRequest,
-        Call(CallRequest) = CallRequest,
-        CallResponse(CallResponse) = CallResponse,
-        SdpOffer(Sdp) = SdpOffer,
-        SdpAnswer(Sdp) = SdpAnswer,
-        IceCandidate(IceCandidate) = IceCandidate,
-        Hangup(Hangup) = Hangup,
-        Heartbeat(Heartbeat) = Heartbeat,
-        Logout(Empty) = LogoutRequest,
-        Hello(Hello) = Hello,
-        Resume(Resume) = ResumeRequest,
-        TokenRefresh(Empty) = TokenRefreshRequest,
-        GuestLogin(GuestLogin) = GuestLoginRequest,
-        IceServers(Empty) = IceServersRequest,
-        PasswordChange(PasswordChange) = PasswordChangeRequest,
-        AccountDelete(AccountDelete) = AccountDeleteRequest,
-    }
+/// Which part of the protocol a request belongs to: its handler and use
+/// cases live in files of that name (`tcp/handlers/`, `application/hub/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Login, registration, heartbeat, logout (RoomRTC v1.0).
+    Auth,
+    /// The user list.
+    Presence,
+    /// Calls and the SDP/ICE relay.
+    Calls,
+    /// Protocol 2 sessions, guests, ICE servers, accounts.
+    Sessions,
+}
+
+/// The requests, generated from one table: each line names the variant, its
+/// payload, its type code, its capability and whether it may come before
+/// login. `req_id()` reads every payload's `req_id` field, so a request
+/// payload without one does not compile.
+macro_rules! requests {
+    ($($variant:ident($ty:ty) = $code:ident, $cap:ident, $before_login:literal;)*) => {
+        direction! {
+            /// What a client sends.
+            Request {
+                $($variant($ty) = $code,)*
+            }
+        }
+
+        impl Request {
+            /// May be sent before LOGIN.
+            pub fn allowed_anonymously(&self) -> bool {
+                match self {
+                    $(Request::$variant(_) => $before_login,)*
+                }
+            }
+
+            /// The capability whose handler answers it.
+            pub fn capability(&self) -> Capability {
+                match self {
+                    $(Request::$variant(_) => Capability::$cap,)*
+                }
+            }
+
+            /// The client's correlation id, echoed in the answer.
+            pub fn req_id(&self) -> Option<&ReqId> {
+                match self {
+                    $(Request::$variant(m) => m.req_id.as_ref(),)*
+                }
+            }
+        }
+    };
+}
+
+requests! {
+    Login(Credentials) = LoginRequest, Auth, true;
+    Register(Credentials) = RegisterRequest, Auth, true;
+    Heartbeat(Heartbeat) = Heartbeat, Auth, true;
+    Logout(Empty) = LogoutRequest, Auth, false;
+    UserList(Empty) = UserListRequest, Presence, false;
+    Call(CallRequest) = CallRequest, Calls, false;
+    CallResponse(CallResponse) = CallResponse, Calls, false;
+    SdpOffer(Sdp) = SdpOffer, Calls, false;
+    SdpAnswer(Sdp) = SdpAnswer, Calls, false;
+    IceCandidate(IceCandidate) = IceCandidate, Calls, false;
+    Hangup(Hangup) = Hangup, Calls, false;
+    Hello(Hello) = Hello, Sessions, true;
+    Resume(Resume) = ResumeRequest, Sessions, true;
+    GuestLogin(GuestLogin) = GuestLoginRequest, Sessions, true;
+    TokenRefresh(Empty) = TokenRefreshRequest, Sessions, false;
+    IceServers(Empty) = IceServersRequest, Sessions, false;
+    PasswordChange(PasswordChange) = PasswordChangeRequest, Sessions, false;
+    AccountDelete(AccountDelete) = AccountDeleteRequest, Sessions, false;
 }
 
 direction! {
@@ -292,40 +354,6 @@ impl Request {
             Err(message) => Err(fail(message, req_id_of(text))),
         }
     }
-
-    /// May be sent before LOGIN.
-    pub fn allowed_anonymously(&self) -> bool {
-        matches!(
-            self,
-            Request::Login(_)
-                | Request::Register(_)
-                | Request::Heartbeat(_)
-                | Request::Hello(_)
-                | Request::Resume(_)
-                | Request::GuestLogin(_)
-        )
-    }
-
-    pub fn req_id(&self) -> Option<&ReqId> {
-        match self {
-            Request::Login(m) | Request::Register(m) => m.req_id.as_ref(),
-            Request::UserList(m)
-            | Request::Logout(m)
-            | Request::TokenRefresh(m)
-            | Request::IceServers(m) => m.req_id.as_ref(),
-            Request::Hello(m) => m.req_id.as_ref(),
-            Request::Resume(m) => m.req_id.as_ref(),
-            Request::GuestLogin(m) => m.req_id.as_ref(),
-            Request::PasswordChange(m) => m.req_id.as_ref(),
-            Request::AccountDelete(m) => m.req_id.as_ref(),
-            Request::Call(m) => m.req_id.as_ref(),
-            Request::CallResponse(m) => m.req_id.as_ref(),
-            Request::SdpOffer(m) | Request::SdpAnswer(m) => m.req_id.as_ref(),
-            Request::IceCandidate(m) => m.req_id.as_ref(),
-            Request::Hangup(m) => m.req_id.as_ref(),
-            Request::Heartbeat(m) => m.req_id.as_ref(),
-        }
-    }
 }
 
 impl ServerMessage {
@@ -361,330 +389,6 @@ fn req_id_of(text: &str) -> Option<ReqId> {
     serde_json::from_str::<Only>(text)
         .ok()
         .and_then(|o| o.req_id)
-}
-
-/// LOGIN_REQUEST and REGISTER_REQUEST.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    pub username: String,
-    /// The client's opaque secret; the server bcrypts it. Never logged.
-    pub password_hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// USER_LIST_REQUEST and LOGOUT_REQUEST: `{}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Empty {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallRequest {
-    pub to_user_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallResponse {
-    pub call_id: String,
-    pub accepted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// SDP_OFFER and SDP_ANSWER, both directions. From a client, `from_user_id` is
-/// ignored (the server writes the sender) and `to_user_id` is optional.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sdp {
-    pub call_id: String,
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub from_user_id: String,
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub to_user_id: String,
-    pub sdp: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceCandidate {
-    pub call_id: String,
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub from_user_id: String,
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub to_user_id: String,
-    pub candidate: String,
-    /// May be null (WebRTC allows a candidate without a media id); relayed as sent.
-    pub sdp_mid: Option<String>,
-    pub sdp_mline_index: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// HANGUP. From a client `call_id` may be omitted: the sender's current call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hangup {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// HEARTBEAT. The answer echoes `timestamp` and adds `server_time` (Unix ms).
-///
-/// RoomRTC clients always send `timestamp`; a script may leave it out
-/// (`{"type":"HEARTBEAT"}`), and the answer then carries the server's time in
-/// both fields, so a v1 client reading the answer always finds a timestamp.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<serde_json::Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_time: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// LOGIN_RESPONSE and REGISTER_RESPONSE (also the answer to RESUME_REQUEST and
-/// GUEST_LOGIN_REQUEST). The fields after `retry_after_ms` are protocol 2: only
-/// a client that said HELLO sees them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthResponse {
-    pub success: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// On failure, the error code (as in ERROR).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u16>,
-    /// With code 429: how long to wait before trying again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
-    /// For RESUME_REQUEST.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_token: Option<String>,
-    /// Unix seconds: when `session_token` (or a guest session) expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<u64>,
-    /// The session is a guest's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guest: Option<bool>,
-    /// RESUME_REQUEST kept this call going.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ice_servers: Option<Vec<IceServerEntry>>,
-    /// Seconds the TURN credentials in `ice_servers` stay valid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ice_ttl_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// HELLO: the client's protocol version (2 for the additions) and what it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    pub protocol_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub capabilities: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// WELCOME: the answer to HELLO.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
-    pub server_name: String,
-    pub server_version: String,
-    /// The version this connection speaks: the lower of the two.
-    pub protocol_version: u32,
-    pub capabilities: Vec<String>,
-    pub max_frame_bytes: usize,
-    pub heartbeat_interval_secs: u64,
-    pub idle_timeout_secs: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resume {
-    pub session_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestLogin {
-    pub display_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PasswordChange {
-    pub old_password_hash: String,
-    pub new_password_hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountDelete {
-    pub password_hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// TOKEN_REFRESH_RESPONSE, PASSWORD_CHANGE_RESPONSE and ACCOUNT_DELETE_RESPONSE.
-/// They are sent on success only (`success` is always true); a failure is an ERROR.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionOutcome {
-    pub success: bool,
-    /// A new token (refresh, password change).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// One STUN or TURN server, shaped like WebRTC's `RTCIceServer`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServerEntry {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServerList {
-    pub ice_servers: Vec<IceServerEntry>,
-    /// Seconds the TURN credentials stay valid (0: none issued).
-    pub ttl_secs: u64,
-    /// Unix seconds when they expire (0: none issued).
-    pub expires_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// PEER_STATUS: the other party of the call lost its connection
-/// (`"reconnecting"`, held for `grace_ms`) or came back (`"reconnected"`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub call_id: String,
-    pub peer_user_id: String,
-    pub peer_username: String,
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grace_ms: Option<u64>,
-}
-
-/// One entry of USER_LIST_RESPONSE: flat, as the v1 client's text search needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserEntry {
-    pub user_id: String,
-    pub username: String,
-    pub state: String,
-}
-
-/// USER_LIST_RESPONSE as the server writes it: borrowed from the hub's list,
-/// so a list of thousands of users is encoded without a string per entry.
-/// Encodes exactly as [`UserList`].
-#[derive(Serialize)]
-pub struct UserListView<'a> {
-    pub users: &'a [UserEntryView],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<&'a ReqId>,
-}
-
-/// A user id as a JSON string of its digits, without an allocation.
-struct Digits(crate::domain::UserId);
-
-impl Serialize for Digits {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// One entry of [`UserListView`].
-pub struct UserEntryView {
-    pub user_id: crate::domain::UserId,
-    pub username: std::sync::Arc<str>,
-    pub state: crate::domain::UserState,
-}
-
-impl Serialize for UserEntryView {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut entry = s.serialize_struct("UserEntry", 3)?;
-        // collect_str writes the digits straight into the output, quoted.
-        entry.serialize_field("user_id", &Digits(self.user_id))?;
-        entry.serialize_field("username", &*self.username)?;
-        entry.serialize_field("state", self.state.as_str())?;
-        entry.end()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserList {
-    pub users: Vec<UserEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserStateUpdate {
-    pub user_id: String,
-    pub username: String,
-    pub state: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallNotification {
-    pub call_id: String,
-    pub from_user_id: String,
-    pub from_username: String,
-}
-
-/// CALL_ACCEPTED and CALL_DECLINED. `reason` is `"timeout"` when nobody answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallAnswered {
-    pub call_id: String,
-    pub peer_user_id: String,
-    pub peer_username: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorMessage {
-    pub code: u16,
-    pub message: String,
-    /// With code 429: how long to wait before trying again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
-}
-
-/// LOGOUT_RESPONSE: `error` is written as `null` on success, as v1 specifies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogoutResponse {
-    pub success: bool,
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<ReqId>,
 }
 
 #[cfg(test)]
