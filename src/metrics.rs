@@ -80,6 +80,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
     pub slow_consumer_disconnects: AtomicU64,
+    /// Relayed frames the sender wrote to the recipient's socket itself.
+    pub written_through: AtomicU64,
     pub failed_logins: AtomicU64,
     pub calls_total: AtomicU64,
     /// Logins by RESUME (no bcrypt).
@@ -103,6 +105,7 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             slow_consumer_disconnects: AtomicU64::new(0),
+            written_through: AtomicU64::new(0),
             failed_logins: AtomicU64::new(0),
             calls_total: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
@@ -250,6 +253,12 @@ impl Metrics {
             "switchboard_slow_consumer_disconnects_total",
             "Clients disconnected for overflowing their outbound queue.",
             &self.slow_consumer_disconnects,
+        );
+        counter(
+            &mut out,
+            "switchboard_relays_written_through_total",
+            "Relayed frames written to the recipient's socket by the sender's thread (write-through), without waking the recipient's thread.",
+            &self.written_through,
         );
         counter(
             &mut out,

@@ -213,6 +213,12 @@ pub trait Delivery: Send + Sync {
     fn detach(&self, user: UserId, session: ConnId);
     /// Queues a notice for `user`; a user with no route gets nothing.
     fn to_user(&self, user: UserId, notice: Notice);
+    /// Delivers a relayed frame (SDP, ICE) to `user`: like
+    /// [`Delivery::to_user`], but the caller holds no lock, so an adapter may
+    /// write it out on the caller's thread (write-through).
+    fn relay_to_user(&self, user: UserId, notice: Notice) {
+        self.to_user(user, notice);
+    }
     /// Queues `batch` for every routed user but the one each notice is
     /// about, each notice encoded once. Skips users who already have it.
     fn broadcast(&self, batch: &Broadcast);

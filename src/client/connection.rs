@@ -290,7 +290,7 @@ impl Connection {
         tcp.set_nodelay(true).map_err(lost)?;
         tcp.set_nonblocking(true).map_err(lost)?;
         let transport = match tls {
-            None => Transport::Plain(tcp),
+            None => Transport::Plain(std::sync::Arc::new(tcp)),
             Some(tls) => Transport::Tls(Box::new(
                 handshake(&tls, &options.host, tcp, &addr, deadline).map_err(|e| match e {
                     ClientError::Handshake { addr, message } => {

@@ -79,6 +79,8 @@ pub struct Connection {
     out_pos: usize,
     /// Frames remain in the outbox beyond what was taken into `outbuf`.
     queue_pending: bool,
+    /// The outbox knows this thread is writing (see `Outbox::begin_write`).
+    writing: bool,
     /// The peer sent EOF: answer what was read, then close.
     input_closed: bool,
     /// A whole frame has been read: from then on bad bytes are a broken
@@ -126,6 +128,7 @@ impl Connection {
             outbuf: Vec::new(),
             out_pos: 0,
             queue_pending: false,
+            writing: false,
             input_closed: false,
             framed: false,
             last_frame: Instant::now(),
@@ -147,9 +150,14 @@ impl Connection {
 
     /// Serves the connection until it ends.
     pub fn run(&mut self) {
+        if let Transport::Plain(socket) = &self.transport {
+            self.outbox.set_sink(Some(socket.clone()));
+        }
         let reason = self
             .serve()
             .unwrap_or_else(|err| format!("i/o error: {err}"));
+        // No sender writes to the socket once it starts closing.
+        self.outbox.set_sink(None);
         // Leave the hub before lingering over the close: from here on nothing
         // sent to this connection can arrive, so it must go elsewhere (a held
         // session keeps it for a RESUME) rather than into this outbox.
@@ -337,6 +345,12 @@ impl Connection {
                 self.start_closing(reason.as_str());
             }
         }
+        // Senders write relays through only while the owner is not writing:
+        // say so before writing (what take_into took, it has said already).
+        if self.unsent() > 0 && !self.writing {
+            self.outbox.begin_write();
+            self.writing = true;
+        }
         while self.unsent() > 0 {
             match self.transport.write(&self.outbuf[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -352,6 +366,10 @@ impl Connection {
         }
         self.track_stall();
         if self.unsent() == 0 {
+            if self.writing {
+                self.outbox.end_write();
+                self.writing = false;
+            }
             self.out_pos = 0;
             self.outbuf.clear();
             if self.outbuf.capacity() > KEEP_CAPACITY {
@@ -565,6 +583,7 @@ impl Drop for Connection {
     /// Leaves the hub (ending any call, broadcasting presence) if `run` did not
     /// get to it (a handler panicked), and logs the close line.
     fn drop(&mut self) {
+        self.outbox.set_sink(None);
         if let Some(user) = self.user().filter(|_| !self.left_hub) {
             self.shared.hub.disconnect(self.id, user);
         }

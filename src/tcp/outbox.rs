@@ -6,6 +6,8 @@
 //! not read overflows it and is disconnected, and nobody else ever waits on it.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -55,11 +57,20 @@ impl CloseReason {
 
 #[derive(Default)]
 struct Queue {
+    /// The rest of a frame a sender wrote only in part: the next bytes on
+    /// the wire, before any frame.
+    partial: Option<Vec<u8>>,
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseReason>,
     /// The newest presence batch queued here ([`Outbox::push_batch`]).
     batch: u64,
+    /// The socket, for write-through (plain TCP only; TLS state belongs to
+    /// the owner thread alone). `None` before the connection runs and after.
+    sink: Option<Arc<TcpStream>>,
+    /// The owner thread has taken bytes it has not finished writing: nobody
+    /// else may write to the socket until it says it is done.
+    owner_writing: bool,
 }
 
 /// A connection's outbound queue and wake-up.
@@ -158,6 +169,64 @@ impl Outbox {
         self.push_locked(queue, frames.into_iter().cloned());
     }
 
+    /// Lets senders write to `sink` directly (or stops them, with `None`).
+    pub fn set_sink(&self, sink: Option<Arc<TcpStream>>) {
+        lock(&self.queue).sink = sink;
+    }
+
+    /// The owner is about to write bytes of its own (answers): senders queue
+    /// from now on, until [`Outbox::end_write`].
+    pub fn begin_write(&self) {
+        lock(&self.queue).owner_writing = true;
+    }
+
+    /// The owner has written everything it took: senders may write through again.
+    pub fn end_write(&self) {
+        lock(&self.queue).owner_writing = false;
+    }
+
+    /// Delivers a frame with one recipient (a relay). When nothing is queued
+    /// and the owner is not writing, the sender writes it to the socket
+    /// itself (non-blocking, under this queue's lock, so "empty? then write"
+    /// and every enqueue are ordered) and wakes the owner only for what the
+    /// socket did not take. This saves the owner a wake-up and a context
+    /// switch per relayed frame. Anything else (a full socket, an error the
+    /// owner will find itself, TLS) falls back to the queue.
+    pub fn push_through(&self, frame: Frame, metrics: &Metrics) {
+        let mut queue = lock(&self.queue);
+        if queue.close.is_some() {
+            return;
+        }
+        let idle = queue.frames.is_empty() && queue.partial.is_none() && !queue.owner_writing;
+        if let (true, Some(sink)) = (idle, queue.sink.clone()) {
+            let written = loop {
+                match (&*sink).write(&frame) {
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            if let Ok(n) = written
+                && n > 0
+            {
+                Metrics::add(&metrics.bytes_out, n as u64);
+                if let Some(kind) = frame.get(super::frame::PREFIX_LEN) {
+                    Metrics::count(&metrics.frames_out[usize::from(*kind)]);
+                }
+                Metrics::count(&metrics.written_through);
+                if n == frame.len() {
+                    return;
+                }
+                let rest = frame[n..].to_vec();
+                queue.bytes += rest.len();
+                queue.partial = Some(rest);
+                drop(queue);
+                self.signal();
+                return;
+            }
+        }
+        self.push_locked(queue, std::iter::once(frame));
+    }
+
     /// Queues a last frame (past the cap: it is small) and asks the thread to
     /// close once everything queued is written.
     pub fn push_final(&self, frame: Frame, reason: CloseReason) {
@@ -179,6 +248,11 @@ impl Outbox {
         // One allocation for the whole batch rather than a doubling per frame.
         let want = queue.bytes.min(budget.saturating_sub(out.len()));
         out.reserve(want);
+        // Counted as a frame already, by the sender that wrote its start.
+        if let Some(rest) = queue.partial.take() {
+            queue.bytes -= rest.len();
+            out.extend_from_slice(&rest);
+        }
         while out.len() < budget {
             let Some(frame) = queue.frames.pop_front() else {
                 break;
@@ -193,6 +267,10 @@ impl Outbox {
         // an idle connection should not keep them.
         if queue.frames.is_empty() && queue.frames.capacity() > KEEP_SLOTS {
             queue.frames = VecDeque::new();
+        }
+        // What was taken is the owner's to write now; senders queue behind it.
+        if !out.is_empty() {
+            queue.owner_writing = true;
         }
         Drained {
             more: !queue.frames.is_empty(),
@@ -410,6 +488,15 @@ impl Delivery for Connections {
         }
     }
 
+    fn relay_to_user(&self, user: UserId, notice: Notice) {
+        match self.route(user) {
+            Some(route) => route
+                .outbox
+                .push_through(self.encode(&notice_message(notice)), &self.metrics),
+            None => debug!("relay for offline user_id={user} skipped"),
+        }
+    }
+
     fn broadcast(&self, batch: &Broadcast) {
         if batch.about.is_empty() {
             return;
@@ -597,9 +684,69 @@ fn signal_message(signal: Signal) -> ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
 
     fn frame(n: usize) -> Frame {
         Arc::from(vec![7u8; n])
+    }
+
+    /// A connected pair: the server side (non-blocking, as connections run) and the client.
+    fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Arc::new(server), client)
+    }
+
+    /// An idle outbox writes a relay straight to the socket and queues
+    /// nothing; while the owner writes, relays queue behind it instead.
+    #[test]
+    fn relays_are_written_through_only_while_the_owner_is_idle() {
+        let metrics = Metrics::default();
+        let (server, mut client) = socket_pair();
+        let outbox = Outbox::new(1 << 20).unwrap();
+        outbox.set_sink(Some(server));
+        outbox.push_through(Arc::from(&b"\0\0\0\x01\x0fa"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 0);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\0\0\0\x01\x0fa");
+        assert_eq!(metrics.written_through.load(Ordering::Relaxed), 1);
+
+        outbox.begin_write();
+        outbox.push_through(Arc::from(&b"queued"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 6, "queued while the owner writes");
+        outbox.end_write();
+        outbox.push_through(Arc::from(&b"after"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 11, "queued behind what is queued");
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, 100, &metrics);
+        assert_eq!(out, b"queuedafter");
+    }
+
+    /// What the socket does not take is the next thing written: the rest of a
+    /// partly written frame comes out before anything queued after it.
+    #[test]
+    fn a_partly_written_relay_is_finished_before_anything_else() {
+        let metrics = Metrics::default();
+        let (server, mut client) = socket_pair();
+        let outbox = Outbox::new(64 << 20).unwrap();
+        outbox.set_sink(Some(server));
+        let big: Frame = Arc::from(vec![b'x'; 16 << 20]);
+        outbox.push_through(big.clone(), &metrics);
+        let queued = outbox.queued_bytes();
+        assert!(queued > 0 && queued < big.len(), "partly written: {queued}");
+        outbox.push_through(Arc::from(&b"next"[..]), &metrics);
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, usize::MAX, &metrics);
+        assert_eq!(out.len(), queued + 4);
+        assert!(out.ends_with(b"xnext"));
+        let written = big.len() - queued;
+        let mut got = vec![0u8; written];
+        client.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|b| *b == b'x'));
     }
 
     /// Frames come out in order and the byte count follows them.

@@ -534,7 +534,7 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
         acceptor.is_some()
     );
     let transport = match acceptor {
-        None => Transport::Plain(stream),
+        None => Transport::Plain(std::sync::Arc::new(stream)),
         Some(acceptor) => {
             let deadline = opened + shared.limits.handshake_timeout;
             match accept_tls(&acceptor, stream, deadline, Some(outbox.wake_fd())) {

@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
@@ -11,7 +12,10 @@ use rustix::event::{PollFd, PollFlags};
 use super::poll::poll_until;
 
 pub enum Transport {
-    Plain(TcpStream),
+    /// Shared with the connection's outbox, whose senders may write a relay
+    /// straight to it (write-through, see `Outbox::push_through`); reads are
+    /// the owner's alone.
+    Plain(Arc<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -72,7 +76,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => {
                 buf.reserve(chunk);
-                rustix::io::read(&*s, rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
+                rustix::io::read(&**s, rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
             }
             Transport::Tls(s) => {
                 let mut scratch = [0u8; TLS_CHUNK];
@@ -96,7 +100,7 @@ impl AsFd for Transport {
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Transport::Plain(s) => s.read(buf),
+            Transport::Plain(s) => (&**s).read(buf),
             Transport::Tls(s) => s.read(buf),
         }
     }
@@ -105,14 +109,14 @@ impl Read for Transport {
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Transport::Plain(s) => s.write(buf),
+            Transport::Plain(s) => (&**s).write(buf),
             Transport::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Transport::Plain(s) => s.flush(),
+            Transport::Plain(s) => (&**s).flush(),
             Transport::Tls(s) => s.flush(),
         }
     }

@@ -114,7 +114,8 @@ impl Hub {
         // attached or held.
         if state.conn_of(peer).is_some() {
             drop(state);
-            self.delivery.to_user(peer, Notice::Signal(signal(peer)));
+            self.delivery
+                .relay_to_user(peer, Notice::Signal(signal(peer)));
             return Ok(());
         }
         let mut out = Outgoing::default();
