@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use sha2::{Digest, Sha256};
@@ -259,10 +259,7 @@ impl Authenticator {
     /// Hashes `secret` (no lock held) and stores the new account durably.
     fn create_account(&self, username: &str, secret: &str) -> Result<UserRecord, AppError> {
         let hash = self.hasher.hash(secret)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_secs();
         self.users
             .create(username, &hash, now)
             .map_err(|err| match err {

@@ -6,7 +6,7 @@
 //! LOGIN/REGISTER response with `success:false`, is a [`ClientError::Server`].
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::{ClientError, Connection, Frame};
 use crate::tcp::message::{
@@ -217,9 +217,7 @@ impl Pinger {
         conn: &mut Connection,
         deadline: Instant,
     ) -> Result<Duration, ClientError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::clock::unix_millis();
         let timestamp = now_ms.max(self.last + 1);
         self.last = timestamp;
         let request = Request::Heartbeat(Heartbeat {

@@ -213,7 +213,12 @@ impl CallBook {
     ///
     /// # Errors
     /// `NoSuchCall`, `NotCallee` or `AlreadyAnswered`.
-    pub fn answer(&mut self, id: CallId, by: UserId, accepted: bool) -> Result<Answer, CallError> {
+    pub fn answer(
+        &mut self,
+        id: CallId,
+        by: UserId,
+        accepted: bool,
+    ) -> Result<Answered, CallError> {
         let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
         if call.callee != by {
             return Err(if call.caller == by {
@@ -229,10 +234,10 @@ impl CallBook {
             call.phase = CallPhase::Active;
             let call = *call;
             self.deadlines.remove(&(deadline, id));
-            Ok(Answer::Accepted(call))
+            Ok(Answered::Accepted(call))
         } else {
             self.remove(id, Some(by), EndReason::Declined)
-                .map(Answer::Declined)
+                .map(Answered::Declined)
                 .ok_or(CallError::NoSuchCall)
         }
     }
@@ -337,7 +342,7 @@ impl CallBook {
 
 /// The outcome of a CALL_RESPONSE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub enum Answered {
     Accepted(Call),
     Declined(Ended),
 }
@@ -364,7 +369,7 @@ mod tests {
         assert_eq!(book.state_of(B), UserState::Available);
         assert_eq!(
             book.answer(call.id, B, true),
-            Ok(Answer::Accepted(Call {
+            Ok(Answered::Accepted(Call {
                 phase: CallPhase::Active,
                 ..call
             }))
@@ -396,7 +401,7 @@ mod tests {
     fn declining_ends_the_call() {
         let (mut book, now) = book();
         let call = book.ring(A, B, now).unwrap();
-        let Ok(Answer::Declined(ended)) = book.answer(call.id, B, false) else {
+        let Ok(Answered::Declined(ended)) = book.answer(call.id, B, false) else {
             panic!()
         };
         assert_eq!(ended.reason, EndReason::Declined);

@@ -24,7 +24,9 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 use log::info;
 
@@ -84,10 +86,6 @@ pub struct UsersFile {
     index: Mutex<Index>,
     /// Appends (group commit) and rewrites.
     journal: Journal,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl UsersFile {

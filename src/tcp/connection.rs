@@ -45,9 +45,10 @@ const LINGER: Duration = Duration::from_millis(500);
 /// connections that each kept a presence storm's 64 KiB held 74 KiB of RSS each).
 const KEEP_CAPACITY: usize = 1024;
 
-/// Who is on the other end.
+/// Whether the client on the other end has logged in, and as whom (the
+/// hub's session is the authority; this is the connection's own view).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Session {
+pub enum LoginState {
     Anonymous,
     Authenticated { user: UserId, username: String },
 }
@@ -66,7 +67,7 @@ pub struct Connection {
     /// `run` has left the hub already (Drop does it after a panic).
     left_hub: bool,
     pub(super) shared: Arc<Shared>,
-    pub(super) session: Session,
+    pub(super) login: LoginState,
     /// 1 until the client says HELLO with a higher version: a v1 client sees
     /// only v1 behaviour.
     pub(super) protocol: u32,
@@ -119,7 +120,7 @@ impl Connection {
             end_reason: None,
             left_hub: false,
             shared,
-            session: Session::Anonymous,
+            login: LoginState::Anonymous,
             protocol: 1,
             guest_expires_at: None,
             transport,
@@ -142,9 +143,9 @@ impl Connection {
     }
 
     pub fn user(&self) -> Option<UserId> {
-        match self.session {
-            Session::Authenticated { user, .. } => Some(user),
-            Session::Anonymous => None,
+        match self.login {
+            LoginState::Authenticated { user, .. } => Some(user),
+            LoginState::Anonymous => None,
         }
     }
 
@@ -242,9 +243,11 @@ impl Connection {
                 self.last_frame = Instant::now();
             }
             let idle_deadline = (self.last_frame + idle).min(self.stall_deadline());
-            let login_deadline = match self.session {
-                Session::Anonymous => Some(self.anonymous_since + self.shared.limits.login_timeout),
-                Session::Authenticated { .. } => None,
+            let login_deadline = match self.login {
+                LoginState::Anonymous => {
+                    Some(self.anonymous_since + self.shared.limits.login_timeout)
+                }
+                LoginState::Authenticated { .. } => None,
             };
             let deadline = match &self.closing {
                 Some(closing) => closing.deadline,
@@ -278,7 +281,7 @@ impl Connection {
     fn check_timeouts(&mut self) -> Option<String> {
         let now = Instant::now();
         let limits = &self.shared.limits;
-        if matches!(self.session, Session::Anonymous)
+        if matches!(self.login, LoginState::Anonymous)
             && now >= self.anonymous_since + limits.login_timeout
         {
             let message = format!(
@@ -469,6 +472,14 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, kind: u8, payload: &[u8]) {
+        // From here until its answers are written, whatever this request
+        // decides (a RESUME attaching the session, a LOGIN) comes before any
+        // relay a sender might otherwise write straight to the socket: the
+        // answer is the client's first news of it.
+        if !self.writing {
+            self.outbox.begin_write();
+            self.writing = true;
+        }
         trace!(
             "conn={} recv type=0x{:02X} bytes={}",
             self.id,
@@ -506,7 +517,7 @@ impl Connection {
 
     /// After LOGOUT: no session, and a fresh login timeout.
     pub(super) fn end_session(&mut self) {
-        self.session = Session::Anonymous;
+        self.login = LoginState::Anonymous;
         self.guest_expires_at = None;
         self.anonymous_since = Instant::now();
     }
@@ -587,9 +598,9 @@ impl Drop for Connection {
         if let Some(user) = self.user().filter(|_| !self.left_hub) {
             self.shared.hub.disconnect(self.id, user);
         }
-        let user = match &self.session {
-            Session::Authenticated { user, username } => format!("{user}:{username}"),
-            Session::Anonymous => "-".into(),
+        let user = match &self.login {
+            LoginState::Authenticated { user, username } => format!("{user}:{username}"),
+            LoginState::Anonymous => "-".into(),
         };
         info!(
             "connection closed conn={} peer={} user={} duration_ms={} reason={}",

@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use crate::sync::lock;
+
 use log::{debug, warn};
 use rustix::event::{EventfdFlags, eventfd};
 
@@ -78,10 +80,6 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     wake: OwnedFd,
     cap: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Outbox {

@@ -73,7 +73,7 @@ impl Hub {
         let before = Before::take(&state, &touched);
         let mut out = Outgoing::default();
         match state.calls.answer(call_id, user, accepted)? {
-            Answer::Accepted(call) => {
+            Answered::Accepted(call) => {
                 info!(
                     "call accepted call_id={} caller={} callee={}",
                     call.id, call.caller, call.callee
@@ -82,7 +82,7 @@ impl Hub {
                 let accepted = Notice::CallAccepted { call_id, peer };
                 state.tell(call.caller, accepted, &mut out, &self.hold);
             }
-            Answer::Declined(ended) => self.ended_notices(&mut state, &ended, &mut out),
+            Answered::Declined(ended) => self.ended_notices(&mut state, &ended, &mut out),
         }
         self.commit(state, before, out);
         Ok(())

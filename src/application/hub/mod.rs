@@ -66,7 +66,7 @@ use presence::PendingPresence;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
@@ -74,7 +74,7 @@ use super::error::AppError;
 use super::ports::{
     Broadcast, ConnId, Delivery, Notice, Party, SessionEnd, Signal, UserRecord, UserStore,
 };
-use crate::domain::call::Answer;
+use crate::domain::call::Answered;
 use crate::domain::user::username_key;
 use crate::domain::{CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, UserId, UserState};
 use crate::metrics::Metrics;
@@ -391,10 +391,7 @@ impl Hub {
         settings: HubSettings,
         metrics: Arc<Metrics>,
     ) -> Hub {
-        let first_call_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        let first_call_id = crate::clock::unix_millis().max(1);
         Hub {
             state: Mutex::new(HubState {
                 online: HashMap::new(),

@@ -4,7 +4,7 @@ use super::*;
 
 impl Connection {
     /// LOGIN, REGISTER, HEARTBEAT (RoomRTC v1.0; also before login) and LOGOUT.
-    pub(super) fn auth(&mut self, user: Option<UserId>, request: Request) -> Answer {
+    pub(super) fn auth(&mut self, user: Option<UserId>, request: Request) -> Reply {
         let hub = self.shared.hub.clone();
         let conn = self.id;
         match request {
@@ -83,7 +83,7 @@ impl Connection {
     /// Records the session and builds the success answer: for protocol 2 with
     /// a fresh token and the ICE servers.
     pub(super) fn logged_in(&mut self, user: &UserRecord, req_id: Option<ReqId>) -> AuthResponse {
-        self.session = Session::Authenticated {
+        self.login = LoginState::Authenticated {
             user: user.id,
             username: user.username.clone(),
         };
@@ -103,11 +103,11 @@ impl Connection {
     }
 
     pub(super) fn already_logged_in(&self) -> Option<AppError> {
-        match &self.session {
-            Session::Authenticated { username, .. } => Some(AppError::Conflict(format!(
+        match &self.login {
+            LoginState::Authenticated { username, .. } => Some(AppError::Conflict(format!(
                 "already logged in as {username}; send LOGOUT_REQUEST first"
             ))),
-            Session::Anonymous => None,
+            LoginState::Anonymous => None,
         }
     }
 
@@ -160,10 +160,7 @@ pub(super) fn failure(err: AppError, req_id: Option<ReqId>) -> AuthResponse {
 }
 
 pub(super) fn heartbeat(h: Heartbeat) -> ServerMessage {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::clock::unix_millis();
     ServerMessage::Heartbeat(Heartbeat {
         timestamp: Some(h.timestamp.unwrap_or_else(|| now.into())),
         server_time: Some(now),

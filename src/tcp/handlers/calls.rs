@@ -4,7 +4,7 @@ use super::*;
 
 impl Connection {
     /// CALL_REQUEST, CALL_RESPONSE, the SDP/ICE relay and HANGUP: answered only when they fail, as v1 clients expect.
-    pub(super) fn calls(&mut self, user: Option<UserId>, request: Request) -> Answer {
+    pub(super) fn calls(&mut self, user: Option<UserId>, request: Request) -> Reply {
         let hub = self.shared.hub.clone();
         let conn = self.id;
         match request {

@@ -12,11 +12,13 @@
 //! the ICE servers; the session is resumable and its calls are held when the
 //! connection drops. RESUME_REQUEST and GUEST_LOGIN_REQUEST imply protocol 2.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::clock::unix_secs as unix_now;
 
 use log::info;
 
-use super::connection::{Connection, Session};
+use super::connection::{Connection, LoginState};
 use super::frame;
 use super::message::{
     AccountDelete, AuthResponse, Capability, Credentials, GuestLogin, Heartbeat, Hello,
@@ -44,7 +46,8 @@ const CAPABILITIES: &[&str] = &[
 /// Room left in a relayed frame for the ids the server writes into it.
 const RELAY_HEADROOM: usize = 128;
 
-type Answer = Result<Option<ServerMessage>, AppError>;
+/// What a handler decides: an answer to send, nothing (relays), or an ERROR.
+type Reply = Result<Option<ServerMessage>, AppError>;
 
 fn call_id(text: &str) -> Result<CallId, AppError> {
     CallId::parse(text).ok_or_else(|| AppError::NotFound("no such call".into()))
@@ -95,7 +98,7 @@ impl Connection {
         self.answer(answer, req_id);
     }
 
-    fn answer(&mut self, answer: Answer, req_id: Option<ReqId>) {
+    fn answer(&mut self, answer: Reply, req_id: Option<ReqId>) {
         match answer {
             Ok(Some(message)) => self.reply(&message),
             Ok(None) => {}
@@ -115,11 +118,4 @@ fn misrouted(request: &Request) -> AppError {
         "{} reached the wrong handler",
         request.message_type().name()
     ))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -4,7 +4,7 @@ use super::*;
 
 impl Connection {
     /// USER_LIST_REQUEST.
-    pub(super) fn presence(&mut self, user: Option<UserId>, request: Request) -> Answer {
+    pub(super) fn presence(&mut self, user: Option<UserId>, request: Request) -> Reply {
         let hub = self.shared.hub.clone();
         match request {
             Request::UserList(e) => {

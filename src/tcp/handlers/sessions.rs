@@ -5,7 +5,7 @@ use super::*;
 
 impl Connection {
     /// Protocol 2 sessions: HELLO, RESUME, GUEST_LOGIN (also before login), token refresh, ICE servers, password change and account deletion.
-    pub(super) fn sessions(&mut self, user: Option<UserId>, request: Request) -> Answer {
+    pub(super) fn sessions(&mut self, user: Option<UserId>, request: Request) -> Reply {
         let hub = self.shared.hub.clone();
         let conn = self.id;
         match request {
