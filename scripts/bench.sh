@@ -47,6 +47,7 @@ run relay --pairs "$PAIRS" --seconds "$SECS"
 run relay --pairs "$PAIRS" --seconds "$SECS" --rate "$RATE"
 run setup --pairs 10 --calls "$CALLS"
 run storm --clients "$STORM" --timeout 90
+run relay-storm --pairs 20 --clients "$STORM" --seconds 5 --timeout 90
 run idle --clients "$LOGINS" --bcrypt-cost 10
 run idle --clients "$IDLE" --timeout 90
 run reconnect --clients "$STORM" --bcrypt-cost 10

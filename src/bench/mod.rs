@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //!
-//! - [`relay`]: callers send ICE probes, callees echo them; closed and open loop.
+//! - [`relay`]: callers send ICE probes, callees echo them; closed and open loop;
+//!   [`relay_storm_workload`] runs it idle and then during a login storm.
 //! - [`floor`]: the minimal thread-per-connection relay the daemon is compared with.
 //! - [`swarm`]: thousands of clients on a few poll(2) threads (`idle`, `storm`).
 //! - [`setup`]: scripted calls, CALL_REQUEST to the last ICE candidate.
@@ -179,6 +180,7 @@ pub fn idle_workload(
         daemon.addr,
         &swarm::SwarmOptions {
             clients,
+            first_user: 0,
             shards,
             login: swarm::Login::Password,
             track_presence: false,
@@ -270,6 +272,7 @@ pub fn storm_workload(
         daemon.addr,
         &swarm::SwarmOptions {
             clients,
+            first_user: 0,
             shards,
             login: swarm::Login::Password,
             track_presence: true,
@@ -334,6 +337,7 @@ pub fn reconnect_workload(
     let daemon = common.start_daemon(clients, clients)?;
     let options = |login| swarm::SwarmOptions {
         clients,
+        first_user: 0,
         shards,
         login,
         track_presence: false,
@@ -431,4 +435,158 @@ pub fn setup_workload(common: &Common, opts: &setup::SetupOptions) -> io::Result
     let mut v = serde_json::to_value(&f).map_err(io::Error::other)?;
     v["workload"] = json!("setup");
     Ok(v)
+}
+
+/// Options of [`relay_storm_workload`].
+#[derive(Debug, Clone)]
+pub struct RelayStormOptions {
+    /// The relay: pairs, candidate size, closed loop or `rate`; its `duration`
+    /// is the idle phase.
+    pub relay: RelayOptions,
+    /// Clients logging in at once in the storm phase.
+    pub clients: usize,
+    pub shards: usize,
+    /// Give up on the storm after this long.
+    pub timeout: Duration,
+}
+
+fn phase_json(p: &stats::Percentiles, secs: f64) -> Value {
+    json!({
+        "seconds": secs,
+        "round_trips": p.count,
+        "round_trips_per_s": ratio(p.count as f64, secs),
+        "rtt": p,
+    })
+}
+
+/// The relay on one daemon, first idle for `relay.duration`, then while
+/// `clients` log in at once (the storm workload) until every client has seen
+/// every other Available. Round trips count in the phase they were sent in
+/// (those sent while the storm's clients connect count in neither); both
+/// phases are read from the same run, so the storm's effect is their ratio.
+///
+/// # Errors
+/// If the daemon cannot start, the pairs cannot be set up or the swarm fails.
+pub fn relay_storm_workload(common: &Common, opts: &RelayStormOptions) -> io::Result<Value> {
+    let pairs = opts.relay.pairs;
+    let daemon = common.start_daemon(2 * pairs + opts.clients, 2 * pairs + opts.clients)?;
+    let control = Arc::new(relay::RunControl::default());
+    let idle = opts.relay.duration;
+    let relay_opts = RelayOptions {
+        // Ended by `control.stop` once the storm has settled.
+        duration: idle + opts.timeout + Duration::from_secs(60),
+        control: Some(control.clone()),
+        ..opts.relay.clone()
+    };
+    let addr = daemon.addr;
+    let relay_run = std::thread::Builder::new()
+        .name("relay-storm".into())
+        .spawn(move || relay::run_timed(Target::Switchboard(addr), &relay_opts))?;
+    let finish = |control: &relay::RunControl, handle: std::thread::JoinHandle<_>| {
+        control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match handle.join() {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("the relay thread panicked")),
+        }
+    };
+    let start = loop {
+        if let Some(&t) = control.started.get() {
+            break t;
+        }
+        if relay_run.is_finished() {
+            finish(&control, relay_run)?;
+            return Err(io::Error::other("the relay ended before it started"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep((start + idle).saturating_duration_since(std::time::Instant::now()));
+    let storm = swarm::run(
+        daemon.addr,
+        &swarm::SwarmOptions {
+            clients: opts.clients,
+            first_user: 2 * pairs,
+            shards: opts.shards,
+            login: swarm::Login::Password,
+            track_presence: true,
+            await_updates: false,
+            timeout: opts.timeout,
+        },
+    );
+    let storm_end = std::time::Instant::now();
+    let (figures, samples) = finish(&control, relay_run)?;
+    let storm = storm?;
+    drop(storm.sockets);
+    drop(daemon);
+    let storm_secs = storm_end.saturating_duration_since(storm.t0).as_secs_f64();
+    let idle_p = samples.between(start, start + idle).percentiles();
+    let storm_p = samples.between(storm.t0, storm_end).percentiles();
+    let ratios = json!({
+        "p50": ratio(storm_p.p50_us, idle_p.p50_us),
+        "p99": ratio(storm_p.p99_us, idle_p.p99_us),
+        "p999": ratio(storm_p.p999_us, idle_p.p999_us),
+        "max": ratio(storm_p.max_us, idle_p.max_us),
+    });
+    let mode = match opts.relay.rate {
+        Some(r) => format!("open loop, {r:.0} msgs/s"),
+        None => "closed loop".into(),
+    };
+    println!(
+        "relay-storm ({pairs} pairs, {mode}, {} B candidates; {} clients log in at once, bcrypt cost {})",
+        opts.relay.size, opts.clients, common.bcrypt_cost
+    );
+    let show = |name: &str, p: &stats::Percentiles, secs: f64| {
+        println!(
+            "  {name:<6} {:>5.1} s {:>7} round trips  rtt p50 {:>8.1} us  p99 {:>8.1}  p99.9 {:>8.1}  max {:>9.1}",
+            secs, p.count, p.p50_us, p.p99_us, p.p999_us, p.max_us
+        );
+    };
+    show("idle", &idle_p, idle.as_secs_f64());
+    show("storm", &storm_p, storm_secs);
+    println!(
+        "  storm / idle: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  max {:.2}x",
+        ratios["p50"].as_f64().unwrap_or(0.0),
+        ratios["p99"].as_f64().unwrap_or(0.0),
+        ratios["p999"].as_f64().unwrap_or(0.0),
+        ratios["max"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  relay: sent {} received {} lost {} reordered {} errors {}; storm: {} logins in {:.3} s, presence settled for {}/{} after {}, errors {}",
+        figures.sent,
+        figures.received,
+        figures.lost,
+        figures.reordered,
+        figures.errors,
+        storm.logins_ok,
+        storm.logins_done_secs,
+        storm.presence_complete,
+        opts.clients,
+        storm
+            .presence_done_secs
+            .map(|s| format!("{s:.3} s"))
+            .unwrap_or_else(|| "never".into()),
+        storm.errors
+    );
+    Ok(json!({
+        "workload": "relay-storm",
+        "mode": figures.mode,
+        "pairs": pairs,
+        "size": opts.relay.size,
+        "rate": opts.relay.rate,
+        "clients": opts.clients,
+        "bcrypt_cost": common.bcrypt_cost,
+        "idle": phase_json(&idle_p, idle.as_secs_f64()),
+        "storm": phase_json(&storm_p, storm_secs),
+        "ratio_storm_to_idle": ratios,
+        "sent": figures.sent,
+        "received": figures.received,
+        "lost": figures.lost,
+        "reordered": figures.reordered,
+        "errors": figures.errors,
+        "late_sends": figures.late_sends,
+        "storm_logins_ok": storm.logins_ok,
+        "storm_all_logins_secs": storm.logins_done_secs,
+        "storm_presence_settled_secs": storm.presence_done_secs,
+        "storm_presence_complete": storm.presence_complete,
+        "storm_errors": storm.errors,
+    }))
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,50 @@ pub struct RelayOptions {
     pub rate: Option<f64>,
     /// How long callers wait for stragglers after the last send (open loop).
     pub grace: Duration,
+    /// Lets another thread see when the probes start and end the run early
+    /// (`relay-storm`); `None` runs for `duration`.
+    pub control: Option<Arc<RunControl>>,
+}
+
+/// Shared with a run in progress: `started` is set when the probes start,
+/// `stop` ends the run before its `duration` is up.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    pub started: OnceLock<Instant>,
+    pub stop: AtomicBool,
+}
+
+impl RelayOptions {
+    fn stopped(&self) -> bool {
+        self.control
+            .as_ref()
+            .is_some_and(|c| c.stop.load(Ordering::Relaxed))
+    }
+}
+
+/// Every round trip of a run with its send time, to split a run into phases.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// The clock the send times count from.
+    pub epoch: Option<Instant>,
+    /// (send time in ns since `epoch`, round trip in ns); open loop: the intended send time.
+    pub timed: Vec<(u64, u64)>,
+}
+
+impl Samples {
+    /// The round trips sent in `[from, to)`.
+    pub fn between(&self, from: Instant, to: Instant) -> Latencies {
+        let mut l = Latencies::default();
+        let Some(epoch) = self.epoch else { return l };
+        let ns = |t: Instant| t.saturating_duration_since(epoch).as_nanos() as u64;
+        let (from, to) = (ns(from), ns(to));
+        for &(sent, rtt) in &self.timed {
+            if (from..to).contains(&sent) {
+                l.record(rtt);
+            }
+        }
+        l
+    }
 }
 
 /// What one run against one target measured.
@@ -72,6 +116,7 @@ pub struct RelayFigures {
 #[derive(Default)]
 struct PairResult {
     latencies: Latencies,
+    timed: Vec<(u64, u64)>,
     sent: u64,
     seq: Sequencer,
     errors: u64,
@@ -234,7 +279,7 @@ fn closed_loop(
         r.errors += 1;
         return r;
     }
-    while Instant::now() < end {
+    while Instant::now() < end && !opts.stopped() {
         let seq = r.sent;
         let sent_ns = since(epoch);
         if caller
@@ -254,6 +299,7 @@ fn closed_loop(
                         r.seq.observe(got);
                         if got == seq {
                             r.latencies.record(now.saturating_sub(t));
+                            r.timed.push((t, now.saturating_sub(t)));
                             break;
                         }
                     }
@@ -319,7 +365,9 @@ fn open_loop(
                 match caller.recv() {
                     Ok(Some((kind, payload))) => match read_probe(kind, &payload) {
                         Ok(Some((seq, t))) => {
-                            r.latencies.record(since(epoch).saturating_sub(t));
+                            let rtt = since(epoch).saturating_sub(t);
+                            r.latencies.record(rtt);
+                            r.timed.push((t, rtt));
                             r.seq.observe(seq);
                         }
                         Ok(None) => {}
@@ -337,7 +385,7 @@ fn open_loop(
     let first = start + offset;
     for k in 0.. {
         let intended = first + interval * k;
-        if intended >= end {
+        if intended >= end || opts.stopped() {
             break;
         }
         let now = Instant::now();
@@ -360,6 +408,7 @@ fn open_loop(
     match receiver.join() {
         Ok(got) => {
             r.latencies = got.latencies;
+            r.timed = got.timed;
             r.seq = got.seq;
             r.errors += got.errors;
         }
@@ -373,10 +422,18 @@ fn open_loop(
 /// # Errors
 /// If pairs cannot be set up (threads, connections, logins, calls).
 pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
+    run_timed(target, opts).map(|(figures, _)| figures)
+}
+
+/// [`run`], also returning every round trip with its send time.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_timed(target: Target, opts: &RelayOptions) -> io::Result<(RelayFigures, Samples)> {
     let epoch = Instant::now();
     let pairs = opts.pairs;
     let ready = Arc::new(Barrier::new(pairs + 1));
-    let start_cell = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let start_cell = Arc::new(OnceLock::<Instant>::new());
     let stop_echo = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(pairs);
     for i in 0..pairs {
@@ -412,6 +469,9 @@ pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
     ready.wait();
     let start = Instant::now();
     let _ = start_cell.set(start);
+    if let Some(control) = &opts.control {
+        let _ = control.started.set(start);
+    }
     let mut total = PairResult::default();
     let mut echoes = Vec::new();
     let mut setup_error = None;
@@ -420,6 +480,7 @@ pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
         match h.join() {
             Ok(Ok((r, echo))) => {
                 total.latencies.merge(r.latencies);
+                total.timed.extend(r.timed);
                 total.sent += r.sent;
                 received += r.seq.received;
                 total.seq.reordered += r.seq.reordered;
@@ -431,7 +492,8 @@ pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
             Err(_) => total.errors += 1,
         }
     }
-    let seconds = opts.duration.as_secs_f64();
+    // A run ended early (`RunControl::stop`) counts the time it ran.
+    let seconds = opts.duration.min(start.elapsed()).as_secs_f64();
     stop_echo.store(true, Ordering::Relaxed);
     for e in echoes {
         total.errors += e.join().unwrap_or(1);
@@ -443,7 +505,7 @@ pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
         )));
     }
     let completed = total.latencies.len() as u64;
-    Ok(RelayFigures {
+    let figures = RelayFigures {
         target: target.name(),
         mode: if opts.rate.is_some() {
             "open"
@@ -463,7 +525,12 @@ pub fn run(target: Target, opts: &RelayOptions) -> io::Result<RelayFigures> {
         lost: total.sent.saturating_sub(received),
         reordered: total.seq.reordered,
         late_sends: total.late,
-    })
+    };
+    let samples = Samples {
+        epoch: Some(epoch),
+        timed: total.timed,
+    };
+    Ok((figures, samples))
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub enum Login {
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
     pub clients: usize,
+    /// Client `i` logs in as bench user `first_user + i` (`relay-storm` keeps
+    /// the relay's users apart); users outside the swarm are not counted as seen.
+    pub first_user: usize,
     /// Threads driving the clients.
     pub shards: usize,
     pub login: Login,
@@ -44,6 +47,8 @@ pub struct SwarmOptions {
 
 /// What happened to the clients; instants are relative to the moment the logins were sent.
 pub struct SwarmResult {
+    /// When the logins were sent.
+    pub t0: Instant,
     pub connect_secs: f64,
     /// When the last LOGIN_RESPONSE arrived (all clients that got one).
     pub logins_done_secs: f64,
@@ -103,9 +108,9 @@ impl Conn {
         Ok(())
     }
 
-    fn mark_seen(&mut self, id: &str, clients: usize) {
-        if let Some(i) = index_of(id)
-            && i < clients
+    fn mark_seen(&mut self, id: &str, opts: &SwarmOptions) {
+        if let Some(i) = index_of(id).and_then(|i| i.checked_sub(opts.first_user))
+            && i < opts.clients
             && i != self.index
             && !self.seen[i]
         {
@@ -183,7 +188,7 @@ impl Conn {
                     if scan_str(text, "state") == Some("Available")
                         && let Some(id) = scan_str(text, "user_id")
                     {
-                        self.mark_seen(id, opts.clients);
+                        self.mark_seen(id, opts);
                     }
                 }
             }
@@ -203,7 +208,7 @@ impl Conn {
                 let text = std::str::from_utf8(payload).map_err(|e| bad(e.to_string()))?;
                 scan_user_list(text, |id, state| {
                     if state == "Available" {
-                        self.mark_seen(id, opts.clients);
+                        self.mark_seen(id, opts);
                     }
                 });
             }
@@ -283,7 +288,7 @@ fn drive(conns: &mut [Conn], opts: &SwarmOptions, t0: Instant, shared: &Shared) 
             epoll::EventFlags::IN,
         );
         let login = Request::Login(Credentials {
-            username: username(c.index),
+            username: username(opts.first_user + c.index),
             password_hash: SECRET.into(),
             req_id: None,
         });
@@ -407,11 +412,13 @@ pub fn run(addr: SocketAddr, opts: &SwarmOptions) -> io::Result<SwarmResult> {
     }
     connected.wait();
     let connect_secs = started.elapsed().as_secs_f64();
+    let t0 = Instant::now();
     if let Ok(mut t) = t0_cell.lock() {
-        *t = Some(Instant::now());
+        *t = Some(t0);
     }
     go.wait();
     let mut result = SwarmResult {
+        t0,
         connect_secs,
         logins_done_secs: 0.0,
         logins_ok: 0,

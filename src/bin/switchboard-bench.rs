@@ -10,7 +10,7 @@ use switchboard::bench::{
     self, Common, daemon, floor, journal, relay::RelayOptions, setup::SetupOptions,
 };
 
-/// Load generator for Switchboard: relay, idle, storm, reconnect and setup workloads, the floor relay,
+/// Load generator for Switchboard: relay, relay-storm, idle, storm, reconnect and setup workloads, the floor relay,
 /// and the storage workloads (journal, conversations).
 ///
 /// Each workload starts its own daemon (and the floor, for relay), prints a
@@ -46,6 +46,30 @@ enum Command {
         /// Skip the floor (Switchboard only).
         #[arg(long)]
         no_floor: bool,
+    },
+    /// The relay on an idle daemon, then in the same run while clients log in
+    /// at once (storm); RTT percentiles of both phases and their ratio.
+    RelayStorm {
+        #[arg(long, default_value_t = 20)]
+        pairs: usize,
+        /// Clients logging in at once in the storm phase.
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Seconds of the idle phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Bytes of candidate text per probe.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Open loop at this many probes per second over all pairs; closed loop without it.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Threads driving the storm's clients.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Give up on the storm after this long.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
     },
     /// Clients log in and stay; RSS, threads and descriptors of the daemon.
     Idle {
@@ -192,8 +216,36 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
                     size,
                     rate,
                     grace: Duration::from_secs(2),
+                    control: None,
                 },
                 !no_floor,
+            )?
+        }
+        Command::RelayStorm {
+            pairs,
+            clients,
+            seconds,
+            size,
+            rate,
+            threads,
+            timeout,
+        } => {
+            need(2 * pairs + clients + 64);
+            bench::relay_storm_workload(
+                &common,
+                &bench::RelayStormOptions {
+                    relay: RelayOptions {
+                        pairs,
+                        duration: Duration::from_secs_f64(seconds),
+                        size,
+                        rate,
+                        grace: Duration::from_secs(2),
+                        control: None,
+                    },
+                    clients,
+                    shards: threads,
+                    timeout: Duration::from_secs_f64(timeout),
+                },
             )?
         }
         Command::Idle {
