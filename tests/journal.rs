@@ -1,11 +1,16 @@
 //! The journal under real faults: a writer process killed with SIGKILL in
-//! the middle of 64 concurrent writers, and a file system that runs out of space.
+//! the middle of 64 concurrent writers, and a file system that runs out of
+//! space (a real small tmpfs where this process may mount one, else writes
+//! past a small budget sent to /dev/full for the kernel's own ENOSPC).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::application::store::{
@@ -13,7 +18,7 @@ use switchboard::application::store::{
 };
 use switchboard::domain::UserId;
 use switchboard::infrastructure::conversations::ConversationFile;
-use switchboard::infrastructure::journal::{Format, Journal, Spec};
+use switchboard::infrastructure::journal::{Format, Hooks, Journal, Spec};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_switchboard-bench");
 
@@ -122,21 +127,100 @@ impl Drop for Tmpfs {
     }
 }
 
-/// On a full file system (a 256 KiB tmpfs), appends answer ENOSPC and are
-/// not acknowledged; every acknowledged one survives a reopen, no failed
-/// one does, and once space is freed appends succeed again. Conversation
-/// seqs stay dense through it.
+/// A small disk: a 256 KiB tmpfs, or (where this process may not mount)
+/// a directory whose journals write through a hook that spends a 256 KiB
+/// budget and sends what does not fit to /dev/full (the kernel's ENOSPC).
+enum SmallDisk {
+    Tmpfs(Tmpfs),
+    Budget {
+        dir: tempfile::TempDir,
+        left: Arc<AtomicU64>,
+    },
+}
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        if let Some(fs) = Tmpfs::mount("256k") {
+            return SmallDisk::Tmpfs(fs);
+        }
+        assert!(
+            Path::new("/dev/full").exists(),
+            "neither a tmpfs nor /dev/full: this test cannot fill a disk here"
+        );
+        eprintln!("no tmpfs (cannot mount here): a 256 KiB budget and /dev/full stand in");
+        SmallDisk::budget()
+    }
+
+    fn budget() -> SmallDisk {
+        SmallDisk::Budget {
+            dir: tempfile::tempdir().unwrap(),
+            left: Arc::new(AtomicU64::new(256 << 10)),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            SmallDisk::Tmpfs(fs) => fs.path(),
+            SmallDisk::Budget { dir, .. } => dir.path().to_path_buf(),
+        }
+    }
+
+    /// Makes a journal on this disk write as it would on a full one.
+    fn attach(&self, journal: &Journal) {
+        let SmallDisk::Budget { left, .. } = self else {
+            return;
+        };
+        let left = left.clone();
+        journal.set_hooks(Hooks {
+            write: Some(Arc::new(move |file: &File, buf: &[u8], at: u64| {
+                let n = buf.len() as u64;
+                let fits = left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
+                    .is_ok();
+                if fits {
+                    return file.write_all_at(buf, at);
+                }
+                OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")?
+                    .write_all(buf)
+            })),
+            sync: None,
+        });
+    }
+
+    /// Removes a file, its space coming back.
+    fn remove(&self, path: &Path) {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::remove_file(path).unwrap();
+        if let SmallDisk::Budget { left, .. } = self {
+            left.fetch_add(len, Ordering::SeqCst);
+        }
+    }
+}
+
+/// On a full file system, appends answer ENOSPC and are not acknowledged;
+/// every acknowledged one survives a reopen, no failed one does, the
+/// journal counts exactly the acknowledged ones, and once space is freed
+/// appends succeed again. Conversation seqs stay dense through it.
 #[test]
 fn a_full_disk_answers_enospc_and_acknowledges_nothing_lost() {
-    let Some(fs) = Tmpfs::mount("256k") else {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here (needs root); the journal's unit tests inject ENOSPC instead"
-        );
-        return;
-    };
+    fill_up(SmallDisk::new());
+}
+
+/// The same with the budget and /dev/full, wherever this runs (so the
+/// guarantee is checked even where no tmpfs can be mounted).
+#[test]
+fn a_full_disk_by_budget_and_dev_full_acknowledges_nothing_lost() {
+    fill_up(SmallDisk::budget());
+}
+
+fn fill_up(fs: SmallDisk) {
     let path = fs.path().join("full.journal");
     let store = ConversationFile::open(&fs.path().join("conversations.journal")).unwrap();
+    fs.attach(store.journal());
     let journal = Arc::new(Journal::open(&path, FRAMED, |_| Ok(())).unwrap());
+    fs.attach(&journal);
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let journal = journal.clone();
@@ -188,7 +272,7 @@ fn a_full_disk_answers_enospc_and_acknowledges_nothing_lost() {
         other => panic!("expected ENOSPC, got {other:?}"),
     }
     assert_eq!(store.last_seq(ConversationId(1)).unwrap(), 0);
-    std::fs::remove_file(&path).unwrap();
+    fs.remove(&path);
     assert_eq!(
         store
             .append(ConversationId(1), msg("room now"))

@@ -483,7 +483,9 @@ pub fn relay_storm_workload(common: &Common, opts: &RelayStormOptions) -> io::Re
         .name("relay-storm".into())
         .spawn(move || relay::run_timed(Target::Switchboard(addr), &relay_opts))?;
     let finish = |control: &relay::RunControl, handle: std::thread::JoinHandle<_>| {
-        control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        control
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         match handle.join() {
             Ok(r) => r,
             Err(_) => Err(io::Error::other("the relay thread panicked")),

@@ -7,10 +7,13 @@
 //!
 //! A journal has one of two record formats ([`Format`]):
 //!
-//! - **Framed** (the journal's own files): an 8-byte magic `SBJRNL1\n`, then
-//!   records `[len u32][crc32(len) u32][crc32(payload) u32][payload]`, little
-//!   endian. The length has a checksum of its own so that a damaged length is
-//!   never mistaken for a record that runs past the end of the file.
+//! - **Framed** (the journal's own files): an 8-byte magic `SBJRNL2\n`, then
+//!   batches. A batch is what one group-commit write put down: a header
+//!   `[len u64][crc32(body) u32][crc32(len, crc32(body)) u32]` ([`BATCH_HEADER`]
+//!   bytes), then a body of `len` bytes holding whole records
+//!   `[len u32][crc32(len) u32][crc32(payload) u32][payload]`, little endian.
+//!   The batch checksum says whether the whole write landed; the record
+//!   checksums (checked again on every read) find a record damaged later.
 //! - **Lines** (users.txt and revocations.txt, whose formats are fixed): each
 //!   record is one line ending in `\n`; the owner parses and validates lines.
 //!
@@ -22,23 +25,32 @@
 //!
 //! A crash during an append can leave the last write incomplete. Such a
 //! record was never acknowledged (acknowledgement follows the fsync), so it is
-//! dropped with a warning and the file cut back. For Framed files the tail is
-//! torn when the last record's header or payload runs past the end of the
-//! file, or when a bad record is followed by nothing but zero bytes (blocks
-//! the file system allocated but never wrote). A bad record anywhere else is
+//! dropped with a warning and the file cut back. A multi-page `pwrite` cut
+//! by a power loss can leave any mix of its pages on disk (a header whose
+//! length landed and zeros after it, a zeroed page between landed ones), in
+//! space written ahead with zeros. So for Framed files the unit of tearing is
+//! the batch: a batch whose header or body checksum does not verify (or that
+//! runs past the end of the file) is torn when no verified batch follows it
+//! anywhere in the file; it is dropped. A batch that does not verify but is
+//! followed by a verified one, or a bad record inside a verified batch, is
 //! corruption: the open fails naming the file and the byte offset, and the
-//! file is left untouched for an operator. For Lines files a last line
-//! without its newline is torn; every other line is the owner's to judge.
+//! file is left untouched for an operator. (A batch is written only after the
+//! one before it is durable, so a verified batch after a bad one proves the
+//! bad one had been acknowledged.) For Lines files a last line without its
+//! newline is torn; every other line is the owner's to judge.
 //!
 //! # Group commit
 //!
-//! [`Journal::enqueue`] copies an encoded record into the pending buffer and
-//! returns a [`Ticket`] (a log sequence number and the record's offset);
+//! [`Journal::enqueue`] copies an encoded record into the pending buffer (the
+//! first record of a batch reserves the batch header in front of it) and
+//! returns a [`Ticket`] (a log sequence number, the record's offset and the
+//! batch's outcome cell);
 //! [`Journal::wait`] returns once the record is durable. The first waiter that
 //! finds no write in progress becomes the leader: it takes the whole pending
 //! buffer, releases the state lock, writes the buffer with one `pwrite` and
-//! calls `fdatasync` once, then takes the lock again, publishes "durable up to
-//! LSN n" and wakes everyone. Records enqueued meanwhile form the next batch,
+//! calls `fdatasync` once, then takes the lock again, settles the batch's
+//! outcome cell (shared by its tickets: no per-failure history is kept) and
+//! wakes everyone. Records enqueued meanwhile form the next batch,
 //! written by the next leader. Nobody holds a lock across the write or the
 //! fsync; followers sleep on the condition variable. An owner that must keep
 //! its own order (sequence numbers) enqueues under its own lock and waits
@@ -61,11 +73,13 @@
 //! [`Journal::begin_rewrite`] notes the durable end (the snapshot point) and
 //! opens a temporary file beside the journal; the owner writes the live
 //! records into it while appends go on. [`Journal::finish_rewrite`] then
-//! pauses new batches, waits for the write in progress, copies what was
-//! appended after the snapshot point, syncs the new file, renames it over the
-//! journal and syncs the directory. Under the owner's lock it switches the
+//! syncs the new file (writers going on), then pauses new batches, waits for
+//! the write in progress, copies what was appended after the snapshot point,
+//! syncs that small tail, renames the new file over the journal and syncs the
+//! directory. Under the owner's lock it switches the
 //! file and lets the owner move its offsets ([`Shift`]); then appends resume.
-//! Writers are held only for the tail copy, the fsync and the rename. Records
+//! Writers are held only for the tail copy, its fsync, the rename and the
+//! directory sync. Records
 //! left out of the new file (deleted, replaced) are gone from disk once it has
 //! taken the name.
 //!
@@ -87,16 +101,18 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use log::warn;
 
 use super::fsutil::sync_dir;
 
 /// The first bytes of every Framed journal file.
-pub const MAGIC: &[u8; 8] = b"SBJRNL1\n";
+pub const MAGIC: &[u8; 8] = b"SBJRNL2\n";
 /// Bytes in front of each Framed record's payload.
 pub const RECORD_HEADER: u64 = 12;
+/// Bytes in front of each Framed batch's body.
+pub const BATCH_HEADER: u64 = 16;
 /// The largest payload one record may carry.
 pub const MAX_RECORD: usize = 16 << 20;
 /// Framed files are extended with written zeros this far ahead of their
@@ -234,17 +250,29 @@ pub struct Hooks {
     pub sync: Option<SyncHook>,
 }
 
+/// How a batch ended: unset while pending, `None` durable, `Some` failed.
+type Cell = Arc<OnceLock<Option<Failure>>>;
+
 /// A record handed to the journal: wait on it with [`Journal::wait`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Ticket {
-    /// Log sequence number: the count of records enqueued before it, plus one.
+    /// Log sequence number: the count of records enqueued before it, plus
+    /// one. Rises with every enqueue, never reused (failed ones included).
     pub lsn: u64,
-    /// How many failures the journal had seen when the record was enqueued.
-    generation: u64,
     /// Where the record starts, in the file current at enqueue time (a
     /// compaction moves it: owners keep offsets under their own lock).
     pub offset: u64,
+    /// The outcome of the record's batch, shared by the batch's tickets.
+    cell: Cell,
 }
+
+impl PartialEq for Ticket {
+    fn eq(&self, other: &Ticket) -> bool {
+        self.lsn == other.lsn
+    }
+}
+
+impl Eq for Ticket {}
 
 /// Whether a record is on disk yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,14 +351,19 @@ struct State {
     /// The last leader's buffer, kept for its capacity.
     spare: Vec<u8>,
     enqueued: u64,
-    durable: u64,
-    /// For each failure in order: the durable LSN when it happened, and why.
-    failures: Vec<(u64, Failure)>,
+    /// Records in `pending`.
+    pending_records: u64,
+    /// The outcome cell of the records in `pending`.
+    batch: Cell,
+    /// Batches failed since the open (a count: nothing per failure is kept).
+    failure_count: u64,
     leader: bool,
     paused: bool,
     /// Set when a failed batch could not be cut off: appends are refused.
     broken: Option<Failure>,
     hooks: Hooks,
+    /// Replaces the compaction's fsyncs of its new file (tests).
+    rewrite_sync: Option<SyncHook>,
 }
 
 /// An append-only file with group commit. See the module documentation.
@@ -414,7 +447,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// append that never landed. Either way nothing acknowledged is there.
 const ZERO_TAIL: &str = "a zero-filled tail";
 
-/// Where the valid records end, and why the rest (if any) is dropped.
+/// Where the valid batches end, and why the rest (if any) is dropped.
 struct Scan {
     valid: u64,
     torn: Option<String>,
@@ -480,12 +513,14 @@ impl Journal {
                 pending: Vec::new(),
                 spare: Vec::new(),
                 enqueued: 0,
-                durable: 0,
-                failures: Vec::new(),
+                pending_records: 0,
+                batch: Cell::default(),
+                failure_count: 0,
                 leader: false,
                 paused: false,
                 broken: None,
                 hooks: Hooks::default(),
+                rewrite_sync: None,
             }),
             changed: Condvar::new(),
             maintenance: Mutex::new(()),
@@ -507,6 +542,11 @@ impl Journal {
     /// Replaces the leader's write and fsync (tests, fault injection).
     pub fn set_hooks(&self, hooks: Hooks) {
         lock(&self.state).hooks = hooks;
+    }
+
+    /// Replaces the fsyncs a compaction makes of its new file (tests).
+    pub fn set_rewrite_sync(&self, hook: Option<SyncHook>) {
+        lock(&self.state).rewrite_sync = hook;
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -538,7 +578,7 @@ impl Journal {
 
     /// How many batches have failed since the journal was opened.
     pub fn failure_count(&self) -> u64 {
-        lock(&self.state).failures.len() as u64
+        lock(&self.state).failure_count
     }
 
     /// [`Journal::enqueue`], but only if no batch failed since the owner saw
@@ -558,18 +598,24 @@ impl Journal {
         if let Some(broken) = &st.broken {
             return Err(self.broken_error(broken));
         }
-        if failures.is_some_and(|seen| seen != st.failures.len() as u64) {
+        if failures.is_some_and(|seen| seen != st.failure_count) {
             return Ok(None);
+        }
+        if self.format == Format::Framed && st.pending.is_empty() {
+            // The batch header, filled in by the leader that writes the batch.
+            st.pending.extend_from_slice(&[0u8; BATCH_HEADER as usize]);
+            st.end += BATCH_HEADER;
         }
         let offset = st.end;
         let before = st.pending.len();
         self.format.encode(payload, &mut st.pending);
         st.end += (st.pending.len() - before) as u64;
         st.enqueued += 1;
+        st.pending_records += 1;
         Ok(Some(Ticket {
             lsn: st.enqueued,
-            generation: st.failures.len() as u64,
             offset,
+            cell: st.batch.clone(),
         }))
     }
 
@@ -586,7 +632,9 @@ impl Journal {
 
     /// Where a record stands, without waiting.
     pub fn outcome(&self, ticket: &Ticket) -> Outcome {
-        outcome(&lock(&self.state), ticket)
+        // Cells are set under the state lock, with the durable length.
+        let _st = lock(&self.state);
+        outcome(ticket)
     }
 
     /// Returns once the record is durable, leading the write of a batch if no
@@ -597,13 +645,10 @@ impl Journal {
     pub fn wait(&self, ticket: &Ticket) -> io::Result<()> {
         let mut st = lock(&self.state);
         loop {
-            match outcome(&st, ticket) {
-                Outcome::Durable => return Ok(()),
-                Outcome::Failed => {
-                    let failure = &st.failures[ticket.generation as usize].1;
-                    return Err(failure.error());
-                }
-                Outcome::Pending => {}
+            match ticket.cell.get() {
+                Some(None) => return Ok(()),
+                Some(Some(failure)) => return Err(failure.error()),
+                None => {}
             }
             if !st.leader && !st.paused && !st.pending.is_empty() {
                 st = self.lead(st);
@@ -633,14 +678,17 @@ impl Journal {
         st.leader = true;
         let mut batch = std::mem::take(&mut st.spare);
         std::mem::swap(&mut batch, &mut st.pending);
+        let cell = std::mem::take(&mut st.batch);
+        let records = std::mem::take(&mut st.pending_records);
         let base = st.durable_end;
-        let last = st.enqueued;
-        let records = last - st.durable;
         let file = st.file.clone();
         let hooks = st.hooks.clone();
         let allocated = st.allocated;
         drop(st);
 
+        if self.format == Format::Framed {
+            seal_batch(&mut batch);
+        }
         let needed = base + batch.len() as u64;
         // Zeros only ever go past the durable end: never over a record.
         let from = allocated.max(base);
@@ -672,7 +720,8 @@ impl Journal {
             Ok(()) => {
                 st.durable_end = base + batch.len() as u64;
                 st.allocated = allocated;
-                st.durable = last;
+                let _ = cell.set(None);
+                // Only the records this batch carried: failed ones never count.
                 self.appends.fetch_add(records, Ordering::Relaxed);
             }
             Err((failure, cut)) => {
@@ -680,12 +729,15 @@ impl Journal {
                 warn!(
                     "journal write failed path={} records={} error={}; nothing of it was acknowledged",
                     self.path.display(),
-                    st.enqueued - st.durable,
+                    records + st.pending_records,
                     failure.text
                 );
                 // Everything not durable fails: the batch and all behind it.
-                let durable = st.durable;
-                st.failures.push((durable, failure.clone()));
+                st.failure_count += 1;
+                let _ = cell.set(Some(failure.clone()));
+                let behind = std::mem::take(&mut st.batch);
+                let _ = behind.set(Some(failure.clone()));
+                st.pending_records = 0;
                 st.pending.clear();
                 st.end = st.durable_end;
                 st.allocated = st.durable_end;
@@ -770,24 +822,26 @@ impl Journal {
             .write(true)
             .create_new(true)
             .open(&tmp_path)?;
-        let (source, snapshot_end) = {
+        let (source, snapshot_end, sync) = {
             let st = lock(&self.state);
-            (st.file.clone(), st.durable_end)
+            (st.file.clone(), st.durable_end, st.rewrite_sync.clone())
         };
         let mut rewrite = Rewrite {
             _guard: guard,
             format: self.format,
-            tmp: Some(tmp),
+            tmp: None,
             tmp_path,
             buf: Vec::with_capacity(1 << 20),
             len: 0,
             source,
             snapshot_end,
+            sync,
         };
         if self.format == Format::Framed {
-            rewrite.buf.extend_from_slice(MAGIC);
+            tmp.write_all_at(MAGIC, 0)?;
             rewrite.len = MAGIC.len() as u64;
         }
+        rewrite.tmp = Some(tmp);
         Ok(rewrite)
     }
 
@@ -807,11 +861,17 @@ impl Journal {
         remap: impl FnOnce(&mut T, &Shift),
     ) -> io::Result<()> {
         rewrite.flush()?;
+        // The bulk of the new file is synced while appends go on.
+        rewrite.sync()?;
         let Some(tmp) = rewrite.tmp.take() else {
             return Err(io::Error::other("rewrite already finished"));
         };
         let new_base = rewrite.len;
         let snapshot_end = rewrite.snapshot_end;
+        let sync_tail = |tmp: &File| match &rewrite.sync {
+            Some(sync) => sync(tmp),
+            None => tmp.sync_data(),
+        };
         // Pause: no new batch starts; wait for the one being written.
         let (old, durable_end) = {
             let mut st = lock(&self.state);
@@ -833,7 +893,8 @@ impl Journal {
                 tmp.write_all_at(&buf[..n], new_base + (at - snapshot_end))?;
                 at += n as u64;
             }
-            tmp.sync_all()?;
+            // Only the tail (and the new length) is left to make durable.
+            sync_tail(&tmp)?;
             fs::rename(&rewrite.tmp_path, &self.path)
         })();
         if let Err(err) = copied {
@@ -871,19 +932,79 @@ impl Journal {
     }
 }
 
-fn outcome(st: &State, ticket: &Ticket) -> Outcome {
-    // A failure after the record was enqueued failed it unless it was
-    // durable by then (every record not durable fails).
-    if let Some((durable_then, _)) = st.failures.get(ticket.generation as usize)
-        && ticket.lsn > *durable_then
-    {
-        return Outcome::Failed;
+fn outcome(ticket: &Ticket) -> Outcome {
+    match ticket.cell.get() {
+        None => Outcome::Pending,
+        Some(None) => Outcome::Durable,
+        Some(Some(_)) => Outcome::Failed,
     }
-    if ticket.lsn <= st.durable {
-        Outcome::Durable
-    } else {
-        Outcome::Pending
+}
+
+/// Fills in the header reserved at the front of a Framed batch.
+fn seal_batch(batch: &mut [u8]) {
+    let head = BATCH_HEADER as usize;
+    if batch.len() < head {
+        return;
     }
+    let len = ((batch.len() - head) as u64).to_le_bytes();
+    let body_crc = crc32fast::hash(&batch[head..]).to_le_bytes();
+    batch[..8].copy_from_slice(&len);
+    batch[8..12].copy_from_slice(&body_crc);
+    let head_crc = crc32fast::hash(&batch[..12]).to_le_bytes();
+    batch[12..16].copy_from_slice(&head_crc);
+}
+
+/// A batch header's length and body checksum, if its own checksum verifies.
+fn batch_header(head: &[u8]) -> Option<(u64, u32)> {
+    let mut len = [0u8; 8];
+    len.copy_from_slice(head.get(..8)?);
+    let word = |i: usize| -> Option<u32> {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(head.get(i..i + 4)?);
+        Some(u32::from_le_bytes(w))
+    };
+    let (body_crc, head_crc) = (word(8)?, word(12)?);
+    let len = u64::from_le_bytes(len);
+    (len > RECORD_HEADER && crc32fast::hash(&head[..12]) == head_crc).then_some((len, body_crc))
+}
+
+/// The CRC-32 of `n` bytes of `file` at `at`, read in pieces.
+fn crc_of_range(file: &File, at: u64, n: u64) -> io::Result<u32> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; (n as usize).min(1 << 20)];
+    let mut done = 0u64;
+    while done < n {
+        let k = ((n - done) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..k], at + done)?;
+        hasher.update(&buf[..k]);
+        done += k as u64;
+    }
+    Ok(hasher.finalize())
+}
+
+/// Whether a batch that verifies (header and body) starts anywhere at or
+/// after `from` in the file's first `len` bytes: what tells a damaged
+/// acknowledged batch (one follows) from a torn last one (none does).
+fn verified_batch_after(file: &File, from: u64, len: u64) -> io::Result<bool> {
+    let head = BATCH_HEADER as usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut base = from;
+    while base.saturating_add(BATCH_HEADER) <= len {
+        let n = ((len - base) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], base)?;
+        for i in 0..=(n - head) {
+            let at = base + i as u64;
+            let Some((blen, body_crc)) = batch_header(&buf[i..i + head]) else {
+                continue;
+            };
+            let room = len - at - BATCH_HEADER;
+            if blen <= room && crc_of_range(file, at + BATCH_HEADER, blen)? == body_crc {
+                return Ok(true);
+            }
+        }
+        base += (n - head + 1) as u64;
+    }
+    Ok(false)
 }
 
 fn header(buf: &[u8]) -> (u32, u32, u32) {
@@ -917,7 +1038,7 @@ fn scan_framed(
         return Err(corrupt(0, "not a Switchboard journal (bad magic)"));
     }
     let mut pos = MAGIC.len() as u64;
-    let mut payload = Vec::new();
+    let mut body = Vec::new();
     let mut number = 0;
     loop {
         if pos == len {
@@ -932,49 +1053,76 @@ fn scan_framed(
                 torn: Some(what.to_string()),
             })
         };
-        let mut head = [0u8; RECORD_HEADER as usize];
+        let mut head = [0u8; BATCH_HEADER as usize];
         let got = read_full(&mut reader, &mut head).map_err(io_err)?;
-        if got < head.len() {
-            return torn("a torn record header");
+        if head[..got].iter().all(|b| *b == 0) && rest_is_zero(&mut reader).map_err(io_err)? {
+            // Zeros to the end: space written ahead, or an append that never landed.
+            return torn(ZERO_TAIL);
         }
-        let (n, len_crc, crc) = header(&head);
-        if crc32fast::hash(&n.to_le_bytes()) != len_crc || n == 0 || n as usize > MAX_RECORD {
-            // Zeros to the end: blocks allocated by an append that never landed.
-            if head.iter().all(|b| *b == 0) && rest_is_zero(&mut reader).map_err(io_err)? {
-                return torn(ZERO_TAIL);
+        let end = match batch_header(&head[..got]) {
+            Some((blen, _)) if got == head.len() => pos
+                .checked_add(BATCH_HEADER)
+                .and_then(|p| p.checked_add(blen)),
+            _ => None,
+        };
+        let Some(end) = end.filter(|end| *end <= len) else {
+            // A header that did not land whole (or a length past the end).
+            if verified_batch_after(file, pos + 1, len).map_err(io_err)? {
+                return Err(corrupt(pos, "bad batch header (a verified batch follows)"));
             }
-            return Err(corrupt(
-                pos,
-                "bad record length (its checksum does not match)",
-            ));
+            return torn("a torn last batch");
+        };
+        let (_, body_crc) = batch_header(&head).unwrap_or_default();
+        body.resize((end - pos - BATCH_HEADER) as usize, 0);
+        let got = read_full(&mut reader, &mut body).map_err(io_err)?;
+        if got < body.len() {
+            return torn("a torn last batch");
         }
-        let end = pos + RECORD_HEADER + u64::from(n);
-        if end > len {
-            return torn("a torn last record");
-        }
-        payload.resize(n as usize, 0);
-        let got = read_full(&mut reader, &mut payload).map_err(io_err)?;
-        if got < payload.len() {
-            return torn("a torn last record");
-        }
-        if crc32fast::hash(&payload) != crc {
-            if end == len || rest_is_zero(&mut reader).map_err(io_err)? {
-                return torn("a torn last record");
+        if crc32fast::hash(&body) != body_crc {
+            // Some of its pages did not land: torn, unless a batch follows.
+            if verified_batch_after(file, end, len).map_err(io_err)? {
+                return Err(corrupt(
+                    pos,
+                    "bad batch checksum (a verified batch follows)",
+                ));
             }
-            return Err(corrupt(pos, "bad checksum"));
+            return torn("a torn last batch");
         }
-        number += 1;
-        visit(Record {
-            offset: pos,
-            payload: &payload,
-            number,
-        })
-        .map_err(|reason| OpenError::Invalid {
-            path: path.to_path_buf(),
-            offset: pos,
-            line: None,
-            reason,
-        })?;
+        // A verified batch: every record in it must be whole and good.
+        let mut at = 0usize;
+        while at < body.len() {
+            let offset = pos + BATCH_HEADER + at as u64;
+            let Some(rec) = body.get(at..at + RECORD_HEADER as usize) else {
+                return Err(corrupt(offset, "bad record length (past its batch)"));
+            };
+            let (n, len_crc, crc) = header(rec);
+            if crc32fast::hash(&n.to_le_bytes()) != len_crc || n == 0 || n as usize > MAX_RECORD {
+                return Err(corrupt(
+                    offset,
+                    "bad record length (its checksum does not match)",
+                ));
+            }
+            let from = at + RECORD_HEADER as usize;
+            let Some(payload) = body.get(from..from + n as usize) else {
+                return Err(corrupt(offset, "bad record length (past its batch)"));
+            };
+            if crc32fast::hash(payload) != crc {
+                return Err(corrupt(offset, "bad checksum"));
+            }
+            number += 1;
+            visit(Record {
+                offset,
+                payload,
+                number,
+            })
+            .map_err(|reason| OpenError::Invalid {
+                path: path.to_path_buf(),
+                offset,
+                line: None,
+                reason,
+            })?;
+            at = from + n as usize;
+        }
         pos = end;
     }
 }
@@ -1038,6 +1186,7 @@ pub struct Rewrite<'a> {
     len: u64,
     source: Arc<File>,
     snapshot_end: u64,
+    sync: Option<SyncHook>,
 }
 
 impl Rewrite<'_> {
@@ -1057,6 +1206,11 @@ impl Rewrite<'_> {
     /// A record the format cannot carry, or I/O.
     pub fn push(&mut self, payload: &[u8]) -> io::Result<u64> {
         self.format.check(payload)?;
+        if self.format == Format::Framed && self.buf.is_empty() {
+            // Each flush is one batch, with its header (see `flush`).
+            self.buf.extend_from_slice(&[0u8; BATCH_HEADER as usize]);
+            self.len += BATCH_HEADER;
+        }
         let offset = self.len;
         let before = self.buf.len();
         self.format.encode(payload, &mut self.buf);
@@ -1068,12 +1222,29 @@ impl Rewrite<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.format == Format::Framed {
+            seal_batch(&mut self.buf);
+        }
         if let Some(tmp) = &self.tmp {
             let at = self.len - self.buf.len() as u64;
             tmp.write_all_at(&self.buf, at)?;
         }
         self.buf.clear();
         Ok(())
+    }
+
+    /// Makes the new file durable so far (`fdatasync`, or the test hook).
+    fn sync(&self) -> io::Result<()> {
+        let Some(tmp) = &self.tmp else {
+            return Ok(());
+        };
+        match &self.sync {
+            Some(sync) => sync(tmp),
+            None => tmp.sync_all(),
+        }
     }
 }
 
@@ -1132,100 +1303,191 @@ mod tests {
         assert_eq!(seen, (0..100).map(record).collect::<Vec<_>>());
     }
 
-    /// Group commit: while the fsync hook holds the first batch, nobody is
-    /// answered; the appenders that arrive meanwhile share the next fsync.
+    /// Group commit: nobody is answered before the fsync that covers their
+    /// record. The first writer's batch is held in its fsync while the
+    /// others enqueue; they form the second batch, whose fsync the hook holds
+    /// too: none of them is answered until that second fsync completes, and
+    /// the 32 records take exactly two fsyncs.
     #[test]
     fn group_commit_answers_nobody_before_the_covering_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Arc::new(open_collect(&dir.path().join("j")).unwrap().0);
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let syncs = Arc::new(AtomicU64::new(0));
-        let (g, s) = (gate.clone(), syncs.clone());
+        // gates[i]: fsync i+1 may complete; entered/completed: fsyncs begun and done.
+        let gates = Arc::new([
+            (Mutex::new(false), Condvar::new()),
+            (Mutex::new(false), Condvar::new()),
+        ]);
+        let entered = Arc::new(AtomicU64::new(0));
+        let completed = Arc::new(AtomicU64::new(0));
+        let (g, e, c) = (gates.clone(), entered.clone(), completed.clone());
         journal.set_hooks(Hooks {
             write: None,
             sync: Some(Arc::new(move |file: &File| {
-                let (open, cv) = &*g;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = cv.wait(open).unwrap();
+                let n = e.fetch_add(1, Ordering::SeqCst) as usize;
+                if let Some((open, cv)) = g.get(n) {
+                    let mut open = open.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
                 }
-                s.fetch_add(1, Ordering::SeqCst);
-                file.sync_data()
+                let done = file.sync_data();
+                c.fetch_add(1, Ordering::SeqCst);
+                done
             })),
         });
+        let release = |i: usize| {
+            *gates[i].0.lock().unwrap() = true;
+            gates[i].1.notify_all();
+        };
+        let wait_for = |what: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !what() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         let answered = Arc::new(AtomicU64::new(0));
-        let writers: Vec<_> = (0..32)
-            .map(|i| {
-                let (journal, answered, syncs) = (journal.clone(), answered.clone(), syncs.clone());
-                std::thread::spawn(move || {
-                    journal.append(&record(i)).unwrap();
-                    // Answered only after an fsync covered the record.
-                    assert!(syncs.load(Ordering::SeqCst) >= 1);
-                    answered.fetch_add(1, Ordering::SeqCst);
-                })
+        let spawn = |i: u32| {
+            let (journal, answered, completed) =
+                (journal.clone(), answered.clone(), completed.clone());
+            std::thread::spawn(move || {
+                journal.append(&record(i)).unwrap();
+                let syncs = completed.load(Ordering::SeqCst);
+                answered.fetch_add(1, Ordering::SeqCst);
+                syncs
             })
-            .collect();
-        // Every writer has enqueued: 32 records, and the leader is in the fsync.
-        while journal.stats().fsyncs == 0 || lock(&journal.state).enqueued < 32 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        };
+        // Batch 1: one writer, held in its fsync.
+        let first = spawn(0);
+        wait_for(&|| entered.load(Ordering::SeqCst) == 1);
+        // Batch 2: 31 writers enqueue behind it.
+        let second: Vec<_> = (1..32).map(spawn).collect();
+        wait_for(&|| lock(&journal.state).enqueued == 32);
+        std::thread::sleep(Duration::from_millis(30));
         assert_eq!(
             answered.load(Ordering::SeqCst),
             0,
-            "answered before the fsync"
+            "answered before fsync 1"
         );
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
-        for w in writers {
-            w.join().unwrap();
+        release(0);
+        assert!(first.join().unwrap() >= 1);
+        // The second batch's leader is in fsync 2: its writers wait.
+        wait_for(&|| entered.load(Ordering::SeqCst) == 2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            1,
+            "a batch-2 writer was answered before fsync 2 completed"
+        );
+        release(1);
+        for w in second {
+            assert!(w.join().unwrap() >= 2, "answered before its covering fsync");
         }
         assert_eq!(answered.load(Ordering::SeqCst), 32);
         let stats = journal.stats();
         assert_eq!(stats.appends, 32);
-        assert!(stats.fsyncs <= 2, "32 appends shared fsyncs: {stats:?}");
+        assert_eq!(stats.fsyncs, 2, "31 appends shared one fsync: {stats:?}");
     }
 
-    /// Cutting the file at every byte of its last record leaves a torn tail
-    /// that is dropped: every earlier record loads, the journal appends on.
-    #[test]
-    fn a_torn_tail_at_every_byte_of_the_last_record_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let (journal, _) = open_collect(&path).unwrap();
+    /// A directory on tmpfs when there is one (these tests reopen files
+    /// thousands of times, each with an fsync), else a plain one.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+    }
+
+    /// Five one-record batches, then a last batch of three records spanning
+    /// more than two pages. Returns the file as written up to its durable
+    /// end, and where the last batch starts.
+    fn five_and_a_big_batch(path: &Path) -> (Vec<u8>, usize) {
+        let (journal, _) = open_collect(path).unwrap();
         for i in 0..5 {
             journal.append(&record(i)).unwrap();
         }
-        let last = journal.append(&record(5)).unwrap();
-        let end = journal.stats().durable_len as usize;
-        drop(journal);
-        // The file as it stands, zeros written ahead included, loads whole.
-        assert_eq!(open_collect(&path).unwrap().1.len(), 6);
-        let full = fs::read(&path).unwrap()[..end].to_vec();
-        for cut in last as usize..full.len() {
-            let torn = dir.path().join(format!("t{cut}"));
-            fs::write(&torn, &full[..cut]).unwrap();
-            let (journal, seen) = open_collect(&torn).unwrap();
-            assert_eq!(seen, (0..5).map(record).collect::<Vec<_>>(), "cut at {cut}");
-            assert_eq!(
-                fs::metadata(&torn).unwrap().len(),
-                last,
-                "cut back at {cut}"
-            );
-            journal.append(&record(9)).unwrap();
-            drop(journal);
-            assert_eq!(open_collect(&torn).unwrap().1.len(), 6);
+        let start = journal.stats().durable_len as usize;
+        let tickets: Vec<Ticket> = (0..3).map(|i| journal.enqueue(&big(i)).unwrap()).collect();
+        for t in &tickets {
+            journal.wait(t).unwrap();
         }
-        // Zeros after the last good record (allocated, never written) are a torn tail too.
-        let zeros = dir.path().join("zeros");
-        let mut content = full.clone();
-        content.extend_from_slice(&[0u8; 4096]);
-        fs::write(&zeros, &content).unwrap();
-        assert_eq!(open_collect(&zeros).unwrap().1.len(), 6);
+        assert_eq!(journal.stats().fsyncs, 6, "the three records are one batch");
+        let end = journal.stats().durable_len as usize;
+        assert!(end - start > 2 * 4096 + 100);
+        drop(journal);
+        (fs::read(path).unwrap()[..end].to_vec(), start)
     }
 
-    /// A damaged record followed by good ones is corruption: refused, naming
-    /// the file and the offset, and the file is not touched.
+    fn big(i: u8) -> Vec<u8> {
+        vec![b'a' + i; 3000]
+    }
+
+    /// A power loss during the last batch's pwrite can leave any of its
+    /// pages on disk, in space written ahead with zeros: cut at every byte
+    /// with zeros after the cut (a header whose length landed, the rest
+    /// zeros, included), cut with nothing after it, and a zeroed page in the
+    /// middle of the batch with the pages around it landed. Each is a torn
+    /// tail: the five earlier records load, the file is cut back to them, and
+    /// the journal appends on.
+    #[test]
+    fn a_torn_last_batch_is_dropped_in_every_shape() {
+        let dir = scratch();
+        let path = dir.path().join("j");
+        let (full, start) = five_and_a_big_batch(&path);
+        let mut whole = full.clone();
+        whole.extend_from_slice(&[0u8; 8192]);
+        fs::write(&path, &whole).unwrap();
+        let (_, seen) = open_collect(&path).unwrap();
+        assert_eq!(seen.len(), 8, "the file as written loads whole");
+        let five: Vec<Vec<u8>> = (0..5).map(record).collect();
+        let torn = dir.path().join("torn");
+        let check = |content: &[u8], what: &str, append: bool| {
+            fs::write(&torn, content).unwrap();
+            let (journal, seen) = open_collect(&torn).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(seen, five, "{what}");
+            assert_eq!(fs::metadata(&torn).unwrap().len(), start as u64, "{what}");
+            if append {
+                journal.append(&record(9)).unwrap();
+                drop(journal);
+                assert_eq!(open_collect(&torn).unwrap().1.len(), 6, "{what}");
+            }
+        };
+        for cut in start..full.len() {
+            let mut padded = full[..cut].to_vec();
+            padded.resize(full.len() + 8192, 0);
+            check(
+                &padded,
+                &format!("cut at {cut}, zeros after"),
+                cut % 101 == 0,
+            );
+            check(&full[..cut], &format!("cut at {cut}"), false);
+        }
+        // Every page of the batch zeroed in turn, the others landed.
+        let first_page = start / 4096;
+        for page in first_page..full.len().div_ceil(4096) {
+            let mut holed = whole.clone();
+            let from = (page * 4096).max(start);
+            let to = ((page + 1) * 4096).min(full.len());
+            holed[from..to].fill(0);
+            check(&holed, &format!("page {page} zeroed"), true);
+        }
+    }
+
+    /// Rewrites the header of the batch holding `record_at` so that it
+    /// verifies again (a record damaged inside a batch that landed whole).
+    fn reseal(content: &mut [u8], record_at: usize) {
+        let mut at = MAGIC.len();
+        loop {
+            let (len, _) = batch_header(&content[at..at + 16]).unwrap();
+            let end = at + 16 + len as usize;
+            if record_at < end {
+                seal_batch(&mut content[at..end]);
+                return;
+            }
+            at = end;
+        }
+    }
+
+    /// A damaged batch followed by a verified one, or a bad record inside a
+    /// verified batch, is corruption: refused, naming the file and the
+    /// offset, and the file is not touched.
     #[test]
     fn corruption_before_the_tail_is_refused_with_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
@@ -1236,21 +1498,38 @@ mod tests {
             .collect();
         drop(journal);
         let good = fs::read(&path).unwrap();
-        for (flip, what) in [
-            (offsets[1] + RECORD_HEADER + 2, "bad checksum"),
-            (offsets[2], "bad record length"),
-        ] {
-            let mut bad = good.clone();
-            bad[flip as usize] ^= 0x40;
+        let batch = |i: usize| offsets[i] - BATCH_HEADER;
+        let cases: Vec<(Vec<u8>, u64, &str)> = vec![
+            // Inside a verified batch: the record's own checksums.
+            {
+                let mut bad = good.clone();
+                bad[(offsets[1] + RECORD_HEADER + 2) as usize] ^= 0x40;
+                reseal(&mut bad, offsets[1] as usize);
+                (bad, offsets[1], "bad checksum")
+            },
+            {
+                let mut bad = good.clone();
+                bad[offsets[2] as usize] ^= 0x40;
+                reseal(&mut bad, offsets[2] as usize);
+                (bad, offsets[2], "bad record length")
+            },
+            // A batch that does not verify, with verified ones after it.
+            {
+                let mut bad = good.clone();
+                bad[(offsets[1] + RECORD_HEADER + 2) as usize] ^= 0x40;
+                (bad, batch(1), "bad batch checksum")
+            },
+            {
+                let mut bad = good.clone();
+                bad[batch(2) as usize..offsets[2] as usize].fill(0);
+                (bad, batch(2), "bad batch header")
+            },
+        ];
+        for (bad, at, what) in cases {
             fs::write(&path, &bad).unwrap();
             let err = open_collect(&path).err().unwrap();
-            let at = if what == "bad checksum" {
-                offsets[1]
-            } else {
-                offsets[2]
-            };
             match &err {
-                OpenError::Corrupt { offset, .. } => assert_eq!(*offset, at),
+                OpenError::Corrupt { offset, .. } => assert_eq!(*offset, at, "{what}"),
                 other => panic!("expected corruption, got {other}"),
             }
             let text = err.to_string();
@@ -1266,6 +1545,97 @@ mod tests {
             open_collect(&path),
             Err(OpenError::Corrupt { offset: 0, .. })
         ));
+    }
+
+    /// Failures keep no history: each batch's outcome lives in a cell its
+    /// tickets share, so many failed batches leave the journal's state as
+    /// small as before, and a ticket from before them still answers right.
+    #[test]
+    fn failed_batches_leave_nothing_behind_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open_collect(&dir.path().join("j")).unwrap().0;
+        let early = journal.enqueue(&record(0)).unwrap();
+        journal.wait(&early).unwrap();
+        let failing = journal.enqueue(&record(1)).unwrap();
+        journal.set_hooks(Hooks {
+            write: Some(Arc::new(|_: &File, _: &[u8], _: u64| {
+                Err(io::Error::from_raw_os_error(28))
+            })),
+            sync: None,
+        });
+        for i in 0..2000 {
+            assert!(journal.append(&record(i)).is_err());
+        }
+        // The first failed batch carried `failing` too.
+        assert_eq!(journal.failure_count(), 2000);
+        assert_eq!(journal.outcome(&early), Outcome::Durable);
+        assert_eq!(journal.outcome(&failing), Outcome::Failed);
+        assert!(journal.wait(&failing).is_err());
+        // Nothing per failure: the only per-batch memory is the cell the
+        // pending batch's tickets share.
+        let st = lock(&journal.state);
+        assert!(st.pending.is_empty() && st.pending_records == 0);
+        assert_eq!(Arc::strong_count(&st.batch), 1);
+        drop(st);
+        journal.set_hooks(Hooks::default());
+        journal.append(&record(7)).unwrap();
+        assert_eq!(journal.stats().appends, 2, "failed records never count");
+    }
+
+    /// A compaction syncs the bulk of its new file while appends go on:
+    /// writers are paused only for the tail copy, its small sync and the rename.
+    #[test]
+    fn appends_go_on_while_a_compaction_syncs_its_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let journal = Arc::new(open_collect(&path).unwrap().0);
+        let keep = journal.append(&record(1)).unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let calls = AtomicU64::new(0);
+        journal.set_rewrite_sync(Some(Arc::new(move |file: &File| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = entered_tx.send(());
+                let _ = go_rx.lock().unwrap().recv();
+            }
+            file.sync_data()
+        })));
+        let compactor = {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                let mut rewrite = journal.begin_rewrite().unwrap();
+                let payload = journal.read_record(rewrite.source(), keep, None).unwrap();
+                rewrite.push(&payload).unwrap();
+                let owner = Mutex::new(Vec::new());
+                journal
+                    .finish_rewrite(rewrite, &owner, |v, shift| v.push(*shift))
+                    .unwrap();
+            })
+        };
+        entered_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the compaction syncs its new file");
+        // The big sync is in progress: an append is answered meanwhile.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                let at = journal.append(&record(2));
+                let _ = done_tx.send(());
+                at
+            })
+        };
+        let answered = done_rx.recv_timeout(Duration::from_secs(5));
+        go_tx.send(()).unwrap();
+        compactor.join().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(
+            answered.is_ok(),
+            "an append waited for the compaction's sync of the whole new file"
+        );
+        drop(Arc::try_unwrap(journal).ok().unwrap());
+        assert_eq!(open_collect(&path).unwrap().1, vec![record(1), record(2)]);
     }
 
     /// A write that fails (the disk is full: /dev/full) fails the whole
@@ -1313,6 +1683,9 @@ mod tests {
         assert_eq!(journal.stats().appends, 1);
         full.store(false, Ordering::SeqCst);
         journal.append(&record(1)).unwrap();
+        // Only acknowledged records count: the failed eight do not.
+        assert_eq!(journal.stats().appends, 2);
+        assert_eq!(journal.stats().failures, journal.failure_count());
         drop(results);
         let journal = Arc::try_unwrap(journal).ok().unwrap();
         drop(journal);

@@ -5,10 +5,15 @@
 //! - [`KvStore`]: settings by (namespace, key) — profiles, blocks, mutes,
 //!   follows. Bitcask-style: memory holds, per key, only where its latest
 //!   record is (an ordered map, so a prefix lists a user's set); values are
-//!   read from disk.
+//!   read from disk. A put is visible once durable; of several puts of a key
+//!   in flight, each durable one is installed if it is newer (by LSN) than
+//!   the write in force, so a later one that fails never hides it. A delete
+//!   hides the key at once.
 //! - [`ReceiptStore`]: delivered and read seq per user and conversation, held
 //!   in memory (two numbers each) and journaled. Values only rise; a raise is
-//!   in force in memory at once and acknowledged once durable.
+//!   read back and acknowledged once durable (a mark that an earlier one in
+//!   flight covers waits for that write; one the durable value covers is
+//!   answered at once).
 //! - [`Inbox`]: per user, an ordered queue of notices. Memory holds the ids
 //!   and record locations; bodies stay on disk. See "The inbox" below.
 //! - [`IdSource`]: ids reserved in blocks of [`ID_BLOCK`]: a durable
@@ -138,18 +143,22 @@ impl Default for Queue {
 }
 
 impl Queue {
-    /// Adds a durable notice in id order, then drops the oldest over the bound.
-    fn insert(&mut self, item: Item, limits: &InboxLimits) {
+    /// Adds a durable notice in id order, then drops the oldest over the
+    /// bound; returns the bytes of the records dropped (dead in the file).
+    fn insert(&mut self, item: Item, limits: &InboxLimits) -> u64 {
         let at = self.items.partition_point(|i| i.id < item.id);
         self.items.insert(at, item);
         self.bytes += item.size;
+        let mut dead = 0;
         while self.items.len() > limits.max_notices || self.bytes > limits.max_bytes {
             let Some(old) = self.items.pop_front() else {
                 break;
             };
             self.bytes -= old.size;
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
+            dead += u64::from(old.loc.len);
         }
+        dead
     }
 
     fn ack(&mut self, through: u64) -> Vec<Item> {
@@ -176,13 +185,26 @@ fn floor(kind: IdKind) -> u64 {
     }
 }
 
+/// The kv writes of one key not yet settled by their writers.
+#[derive(Default)]
+struct KvPending {
+    /// Each write in flight (enqueue order): a put's location, or a delete.
+    inflight: Vec<(Ticket, Option<Loc>)>,
+    /// The LSN of the newest write in force (a put installed, or a delete
+    /// enqueued): an older put that becomes durable later is not installed.
+    installed: u64,
+}
+
 #[derive(Default)]
 struct Index {
     /// "namespace\0key" -> the latest put.
     kv: BTreeMap<String, Loc>,
-    /// Kv writes in flight: the latest per key (its LSN), a put's location or a delete.
-    kv_pending: HashMap<String, (u64, Option<Loc>)>,
+    /// Kv writes in flight per key.
+    kv_pending: HashMap<String, KvPending>,
+    /// Durable receipts.
     receipts: HashMap<UserId, HashMap<ConversationId, Receipt>>,
+    /// Receipt writes in flight (enqueue order) with the value each writes.
+    receipts_pending: HashMap<(UserId, ConversationId), Vec<(Ticket, Receipt)>>,
     inbox: HashMap<UserId, Queue>,
     /// Notices in flight, with where their records are and their body size.
     inbox_pending: HashMap<(UserId, u64), (Ticket, Loc, usize)>,
@@ -290,6 +312,11 @@ impl StateFile {
         &self.inner.journal
     }
 
+    /// Bytes of records in the file that are no longer live (the compaction trigger).
+    pub fn dead_bytes(&self) -> u64 {
+        lock(&self.inner.index).dead
+    }
+
     /// Writes the live state into a new file and switches to it.
     ///
     /// # Errors
@@ -303,20 +330,20 @@ fn replay(index: &mut Index, limits: &InboxLimits, offset: u64, payload: &[u8]) 
     let mut d = Dec(payload);
     let loc = Loc {
         offset,
-        len: payload.len() as u32,
+        len: u32::try_from(payload.len()).ok()?,
     };
     match d.u8()? {
         KV_PUT => {
             let key = kv_key(d.str()?, d.str()?).ok()?;
             if let Some(old) = index.kv.insert(key, loc) {
-                index.dead += u64::from(old.len);
+                index.dead = index.dead.saturating_add(u64::from(old.len));
             }
         }
         KV_DELETE => {
             let key = kv_key(d.str()?, d.str()?).ok()?;
             d.end()?;
             if let Some(old) = index.kv.remove(&key) {
-                index.dead += u64::from(old.len);
+                index.dead = index.dead.saturating_add(u64::from(old.len));
             }
         }
         RECEIPT => {
@@ -342,20 +369,20 @@ fn replay(index: &mut Index, limits: &InboxLimits, offset: u64, payload: &[u8]) 
             let _kind = d.str()?;
             let size = d.tail().len();
             let q = index.inbox.entry(user).or_default();
-            q.next_id = q.next_id.max(id + 1);
-            let dropped = q.dropped;
-            q.insert(Item { id, loc, size }, limits);
-            index.dead += (q.dropped - dropped) * u64::from(loc.len);
+            q.next_id = q.next_id.max(id.checked_add(1)?);
+            let dead = q.insert(Item { id, loc, size }, limits);
+            index.dead = index.dead.saturating_add(dead);
         }
         INBOX_ACK => {
             let (user, through) = (UserId(d.u64()?), d.u64()?);
             d.end()?;
             let q = index.inbox.entry(user).or_default();
-            index.dead += q
+            let dead = q
                 .ack(through)
                 .iter()
                 .map(|i| u64::from(i.loc.len))
                 .sum::<u64>();
+            index.dead = index.dead.saturating_add(dead);
         }
         INBOX_STATE => {
             let (user, next_id, dropped) = (UserId(d.u64()?), d.u64()?, d.u64()?);
@@ -368,6 +395,8 @@ fn replay(index: &mut Index, limits: &InboxLimits, offset: u64, payload: &[u8]) 
             let kind = IdKind::from_code(d.u8()?)?;
             let mark = d.u64()?;
             d.end()?;
+            // A mark so high that counting on from it would overflow is damage.
+            mark.checked_add(ID_BLOCK)?;
             let ids = index.ids.entry(kind.code()).or_default();
             ids.mark = ids.mark.max(mark);
         }
@@ -408,30 +437,60 @@ impl Inner {
         let mut rewrite = self.journal.begin_rewrite()?;
         let snapshot_end = rewrite.snapshot_end();
         // What to write from memory, and which records to copy.
-        let (marks, receipts, queues, copy) = {
+        let (marks, receipts, queues, copy, dead_then) = {
             let idx = lock(&self.index);
+            let durable = |t: &Ticket| self.journal.outcome(t) == Outcome::Durable;
             let marks: Vec<(u8, u64)> = idx.ids.iter().map(|(k, ids)| (*k, ids.mark)).collect();
-            let receipts: Vec<(UserId, ConversationId, Receipt)> = idx
+            // Durable receipts, raised by writes durable but not yet installed.
+            let mut all: HashMap<(UserId, ConversationId), Receipt> = idx
                 .receipts
                 .iter()
-                .flat_map(|(u, rs)| rs.iter().map(move |(c, r)| (*u, *c, *r)))
+                .flat_map(|(u, rs)| rs.iter().map(move |(c, r)| ((*u, *c), *r)))
                 .collect();
+            for (key, writes) in &idx.receipts_pending {
+                for (t, v) in writes {
+                    if durable(t) {
+                        let r = all.entry(*key).or_default();
+                        *r = raise(*r, *v);
+                    }
+                }
+            }
+            let receipts: Vec<(UserId, ConversationId, Receipt)> =
+                all.into_iter().map(|((u, c), r)| (u, c, r)).collect();
             let queues: Vec<(UserId, u64, u64)> = idx
                 .inbox
                 .iter()
                 .map(|(u, q)| (*u, q.next_id, q.dropped))
                 .collect();
-            // Kv values first, then writes in flight (newer), then notices.
+            // Kv values first, then durable puts not yet installed that are
+            // newer than what is in force (in LSN order: the last put wins),
+            // then notices.
             let mut copy: Vec<Loc> = idx.kv.values().copied().collect();
-            copy.extend(idx.kv_pending.values().filter_map(|(_, loc)| *loc));
+            let mut newer: Vec<(u64, Loc)> = idx
+                .kv_pending
+                .values()
+                .flat_map(|p| {
+                    p.inflight.iter().filter_map(move |(t, loc)| {
+                        loc.filter(|_| t.lsn > p.installed && durable(t))
+                            .map(|loc| (t.lsn, loc))
+                    })
+                })
+                .collect();
+            newer.sort_unstable_by_key(|(lsn, _)| *lsn);
+            copy.extend(newer.into_iter().map(|(_, loc)| loc));
             copy.extend(
                 idx.inbox
                     .values()
                     .flat_map(|q| q.items.iter().map(|i| i.loc)),
             );
-            copy.extend(idx.inbox_pending.values().map(|(_, loc, _)| *loc));
+            copy.extend(
+                idx.inbox_pending
+                    .values()
+                    .filter(|(t, _, _)| durable(t))
+                    .map(|(_, loc, _)| *loc),
+            );
             copy.retain(|loc| loc.offset < snapshot_end);
-            (marks, receipts, queues, copy)
+            (marks, receipts, queues, copy, idx.dead)
         };
         for (kind, mark) in marks {
             rewrite.push(&Enc::new(ID_MARK).u8(kind).u64(mark).done())?;
@@ -468,6 +527,7 @@ impl Inner {
                 idx.kv.values_mut().for_each(place);
                 idx.kv_pending
                     .values_mut()
+                    .flat_map(|p| p.inflight.iter_mut())
                     .filter_map(|(_, loc)| loc.as_mut())
                     .for_each(place);
                 idx.inbox
@@ -477,8 +537,36 @@ impl Inner {
                 idx.inbox_pending
                     .values_mut()
                     .for_each(|(_, loc, _)| place(loc));
-                idx.dead = 0;
+                // What died before the snapshot is gone with the old file;
+                // what died since is in the new one.
+                idx.dead = idx.dead.saturating_sub(dead_then);
             })
+    }
+}
+
+/// A kv writer back from its wait: forgets its write, and says where the
+/// value now in force is if it was a durable put newer than the one installed.
+fn settle_kv(idx: &mut Index, key: &str, ticket: &Ticket, durable: bool) -> Option<Loc> {
+    let pending = idx.kv_pending.get_mut(key)?;
+    let mut install = None;
+    if let Some(at) = pending.inflight.iter().position(|(t, _)| t == ticket) {
+        let (_, loc) = pending.inflight.remove(at);
+        if durable && ticket.lsn > pending.installed {
+            pending.installed = ticket.lsn;
+            install = loc;
+        }
+    }
+    if pending.inflight.is_empty() {
+        idx.kv_pending.remove(key);
+    }
+    install
+}
+
+/// Field by field, the higher of two receipts.
+fn raise(a: Receipt, b: Receipt) -> Receipt {
+    Receipt {
+        delivered: a.delivered.max(b.delivered),
+        read: a.read.max(b.read),
     }
 }
 
@@ -516,29 +604,25 @@ impl KvStore for StateFile {
                 offset: ticket.offset,
                 len: record.len() as u32,
             };
-            idx.kv_pending.insert(k.clone(), (ticket.lsn, Some(loc)));
+            idx.kv_pending
+                .entry(k.clone())
+                .or_default()
+                .inflight
+                .push((ticket.clone(), Some(loc)));
             ticket
         };
         let written = inner.journal.wait(&ticket);
         let mut idx = lock(&inner.index);
-        let mine = idx
-            .kv_pending
-            .get(&k)
-            .is_some_and(|(lsn, _)| *lsn == ticket.lsn);
-        let pending = if mine {
-            idx.kv_pending.remove(&k)
-        } else {
-            None
-        };
+        let loc = settle_kv(&mut idx, &k, &ticket, written.is_ok());
         written?;
-        match pending {
-            Some((_, Some(loc))) => {
+        match loc {
+            Some(loc) => {
                 if let Some(old) = idx.kv.insert(k, loc) {
                     idx.dead += u64::from(old.len);
                 }
             }
-            // A later write of the same key takes over.
-            _ => idx.dead += record.len() as u64,
+            // A newer write of the same key is in force.
+            None => idx.dead += record.len() as u64,
         }
         let dead = idx.dead;
         drop(idx);
@@ -559,22 +643,19 @@ impl KvStore for StateFile {
                 return Ok(false);
             }
             let ticket = inner.enqueue(&record)?;
-            // Gone from now on, even before the record is durable.
+            // Gone from now on, even before the record is durable; puts
+            // older than the delete are never installed.
             if let Some(old) = idx.kv.remove(&k) {
                 idx.dead += u64::from(old.len);
             }
-            idx.kv_pending.insert(k.clone(), (ticket.lsn, None));
+            let pending = idx.kv_pending.entry(k.clone()).or_default();
+            pending.installed = pending.installed.max(ticket.lsn);
+            pending.inflight.push((ticket.clone(), None));
             ticket
         };
         let written = inner.journal.wait(&ticket);
         let mut idx = lock(&inner.index);
-        if idx
-            .kv_pending
-            .get(&k)
-            .is_some_and(|(lsn, _)| *lsn == ticket.lsn)
-        {
-            idx.kv_pending.remove(&k);
-        }
+        settle_kv(&mut idx, &k, &ticket, false);
         idx.dead += record.len() as u64;
         let dead = idx.dead;
         drop(idx);
@@ -628,27 +709,67 @@ impl ReceiptStore for StateFile {
         to: Receipt,
     ) -> Result<Receipt, StorageError> {
         let inner = &self.inner;
+        let key = (user, conv);
         let (now, ticket) = {
             let mut idx = lock(&inner.index);
+            let durable = idx
+                .receipts
+                .get(&user)
+                .and_then(|rs| rs.get(&conv))
+                .copied()
+                .unwrap_or_default();
+            let now = raise(durable, to);
+            if now == durable {
+                // Already durable: nothing to write, nothing to wait for.
+                return Ok(now);
+            }
+            // A write in flight that covers it: wait for that one.
+            let covering = idx.receipts_pending.get(&key).and_then(|writes| {
+                writes
+                    .iter()
+                    .rev()
+                    .find(|(_, v)| raise(*v, now) == *v)
+                    .cloned()
+            });
+            match covering {
+                Some((ticket, v)) => (v, ticket),
+                None => {
+                    let record = receipt_record(user, conv, now);
+                    let ticket = inner.enqueue(&record)?;
+                    idx.receipts_pending
+                        .entry(key)
+                        .or_default()
+                        .push((ticket.clone(), now));
+                    idx.dead += record.len() as u64;
+                    (now, ticket)
+                }
+            }
+        };
+        let written = inner.journal.wait(&ticket);
+        let mut idx = lock(&inner.index);
+        // Each durable write installs its value (receipts only rise), unless
+        // the user's receipts were forgotten meanwhile; a later write that
+        // fails does not undo it.
+        let mut mine = false;
+        if let Some(writes) = idx.receipts_pending.get_mut(&key) {
+            if let Some(at) = writes.iter().position(|(t, _)| *t == ticket) {
+                writes.remove(at);
+                mine = true;
+            }
+            if writes.is_empty() {
+                idx.receipts_pending.remove(&key);
+            }
+        }
+        written?;
+        if mine {
             let r = idx
                 .receipts
                 .entry(user)
                 .or_default()
                 .entry(conv)
                 .or_default();
-            let now = Receipt {
-                delivered: r.delivered.max(to.delivered),
-                read: r.read.max(to.read),
-            };
-            if now == *r {
-                return Ok(now);
-            }
-            let ticket = inner.enqueue(&receipt_record(user, conv, now))?;
-            *r = now;
-            idx.dead += receipt_record(user, conv, now).len() as u64;
-            (now, ticket)
-        };
-        inner.journal.wait(&ticket)?;
+            *r = raise(*r, now);
+        }
         Ok(now)
     }
 
@@ -667,11 +788,15 @@ impl ReceiptStore for StateFile {
         let inner = &self.inner;
         let ticket = {
             let mut idx = lock(&inner.index);
-            if !idx.receipts.contains_key(&user) {
+            if !idx.receipts.contains_key(&user)
+                && !idx.receipts_pending.keys().any(|(u, _)| *u == user)
+            {
                 return Ok(());
             }
             let ticket = inner.enqueue(&Enc::new(RECEIPTS_FORGOTTEN).u64(user.0).done())?;
             idx.receipts.remove(&user);
+            // Writes in flight before the forget are not installed.
+            idx.receipts_pending.retain(|(u, _), _| *u != user);
             ticket
         };
         inner.journal.wait(&ticket)?;
@@ -705,16 +830,19 @@ impl Inbox for StateFile {
                 .bytes(kind.as_bytes())
                 .tail(body)
                 .done();
+            let next = id
+                .checked_add(1)
+                .ok_or(StorageError::Invalid("the inbox ran out of notice ids"))?;
             let ticket = inner.enqueue(&record)?;
             if let Some(q) = idx.inbox.get_mut(&user) {
-                q.next_id += 1;
+                q.next_id = next;
             }
             let loc = Loc {
                 offset: ticket.offset,
                 len: record.len() as u32,
             };
             idx.inbox_pending
-                .insert((user, id), (ticket, loc, body.len()));
+                .insert((user, id), (ticket.clone(), loc, body.len()));
             (id, ticket)
         };
         let written = inner.journal.wait(&ticket);
@@ -725,8 +853,10 @@ impl Inbox for StateFile {
             let limits = inner.limits;
             let q = idx.inbox.entry(user).or_default();
             let dropped = q.dropped;
-            q.insert(Item { id, loc, size }, &limits);
-            let lost = q.dropped - dropped;
+            let dead = q.insert(Item { id, loc, size }, &limits);
+            let lost = q.dropped.saturating_sub(dropped);
+            // The dropped notices' records are dead in the file.
+            idx.dead += dead;
             if lost > 0 {
                 warn!("inbox full user={user} dropped={lost} (oldest notices)");
             }
@@ -859,8 +989,11 @@ impl IdSource for StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infrastructure::journal::Hooks;
     use std::collections::HashSet;
     use std::fs;
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
 
     fn open(dir: &Path) -> StateFile {
         StateFile::open(&dir.join(STATE_FILE), InboxLimits::default()).unwrap()
@@ -1055,5 +1188,222 @@ mod tests {
             reloaded.push(bob, "k", 1, &vec![0; MAX_VALUE + 1]),
             Err(StorageError::TooLarge { .. })
         ));
+    }
+
+    /// Blocks the first call at a gate until the test opens it.
+    struct Gate {
+        open: Mutex<bool>,
+        cv: Condvar,
+        arrived: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gate {
+        fn new() -> Arc<Gate> {
+            Arc::new(Gate {
+                open: Mutex::new(false),
+                cv: Condvar::new(),
+                arrived: std::sync::atomic::AtomicUsize::new(0),
+            })
+        }
+
+        fn pass(&self) {
+            self.arrived.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+
+        fn await_arrivals(&self, n: usize) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while self.arrived.load(Ordering::SeqCst) < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nobody came to the gate"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Holds the journal's first fsync at the gate; fails writes holding `fail`.
+    fn hooks(state: &StateFile, gate: &Arc<Gate>, fail: &'static [u8]) {
+        let (g, count) = (
+            gate.clone(),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        state.journal().set_hooks(Hooks {
+            write: Some(Arc::new(
+                move |file: &std::fs::File, buf: &[u8], at: u64| {
+                    if !fail.is_empty() && buf.windows(fail.len()).any(|w| w == fail) {
+                        return Err(io::Error::from_raw_os_error(28));
+                    }
+                    file.write_all_at(buf, at)
+                },
+            )),
+            sync: Some(Arc::new(move |file: &std::fs::File| {
+                if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    g.pass();
+                }
+                file.sync_data()
+            })),
+        });
+    }
+
+    /// Put A of a key succeeds while put B of the same key, after it, fails:
+    /// A is what the key reads, before and after a reload.
+    #[test]
+    fn a_failed_later_put_does_not_hide_an_acknowledged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path());
+        state.put("profiles", "7", b"old").unwrap();
+        let gate = Gate::new();
+        hooks(&state, &gate, b"value B");
+        let a = {
+            let state = state.clone();
+            std::thread::spawn(move || state.put("profiles", "7", b"value A"))
+        };
+        gate.await_arrivals(1);
+        let b = {
+            let state = state.clone();
+            std::thread::spawn(move || state.put("profiles", "7", b"value B"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock(&state.inner.index)
+            .kv_pending
+            .get("profiles\u{0}7")
+            .is_none_or(|p| p.inflight.len() < 2)
+        {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.open();
+        a.join().unwrap().unwrap();
+        assert!(b.join().unwrap().is_err());
+        state.journal().set_hooks(Hooks::default());
+        for state in [state.clone(), open(dir.path())] {
+            assert_eq!(state.get("profiles", "7").unwrap().unwrap(), b"value A");
+        }
+    }
+
+    /// `mark` answers only once its value is durable: a second, equal mark
+    /// arriving while the first is being written waits for that write; a
+    /// mark that failed leaves nothing in force, and its retry writes.
+    #[test]
+    fn a_mark_is_answered_only_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path());
+        let (u, c) = (UserId(1), ConversationId(5));
+        let r = |delivered, read| Receipt { delivered, read };
+        let gate = Gate::new();
+        hooks(&state, &gate, b"");
+        let first = {
+            let state = state.clone();
+            std::thread::spawn(move || state.mark(u, c, r(10, 4)))
+        };
+        gate.await_arrivals(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let got = state.mark(u, c, r(10, 4));
+                let _ = tx.send(());
+                got
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "an equal mark was answered before the write covering it was durable"
+        );
+        assert_eq!(
+            state.receipt(u, c).unwrap(),
+            r(0, 0),
+            "not in force before durable"
+        );
+        gate.open();
+        assert_eq!(first.join().unwrap().unwrap(), r(10, 4));
+        assert_eq!(second.join().unwrap().unwrap(), r(10, 4));
+        // A failed mark, then its retry: the retry writes.
+        state.journal().set_hooks(Hooks {
+            write: Some(Arc::new(|_: &std::fs::File, _: &[u8], _: u64| {
+                Err(io::Error::from_raw_os_error(28))
+            })),
+            sync: None,
+        });
+        assert!(state.mark(u, c, r(12, 6)).is_err());
+        assert_eq!(state.receipt(u, c).unwrap(), r(10, 4));
+        state.journal().set_hooks(Hooks::default());
+        let appends = state.journal().stats().appends;
+        assert_eq!(state.mark(u, c, r(12, 6)).unwrap(), r(12, 6));
+        assert_eq!(
+            state.journal().stats().appends,
+            appends + 1,
+            "the retry wrote"
+        );
+        assert_eq!(open(dir.path()).receipt(u, c).unwrap(), r(12, 6));
+    }
+
+    /// Notices dropped by the bound are dead bytes in the file (they count
+    /// toward the next compaction), and a compaction takes them off the disk.
+    #[test]
+    fn notices_dropped_by_the_bound_count_as_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = InboxLimits {
+            max_notices: 1,
+            max_bytes: 1000,
+        };
+        let path = dir.path().join(STATE_FILE);
+        let state = StateFile::open(&path, limits).unwrap();
+        state
+            .push(UserId(2), "first", 1, b"SECRET-DROPPED")
+            .unwrap();
+        assert_eq!(state.dead_bytes(), 0);
+        state.push(UserId(2), "second", 2, b"{}").unwrap();
+        assert!(
+            state.dead_bytes() >= 14,
+            "the dropped notice's record is dead"
+        );
+        assert_eq!(
+            StateFile::open(&path, limits).unwrap().dead_bytes(),
+            state.dead_bytes(),
+            "the same count after a reload"
+        );
+        state.compact().unwrap();
+        assert_eq!(state.dead_bytes(), 0);
+        let disk = fs::read(&path).unwrap();
+        assert!(!disk.windows(14).any(|w| w == b"SECRET-DROPPED"));
+    }
+
+    /// Numbers read from the file are checked before any arithmetic: a
+    /// notice id at the top of the range is refused at open, not wrapped.
+    #[test]
+    fn a_record_whose_numbers_would_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let spec = Spec {
+            format: Format::Framed,
+            initial: b"",
+            record_name: "a state record",
+        };
+        let journal = Journal::open(&path, spec, |_| Ok(())).unwrap();
+        let push = Enc::new(INBOX_PUSH)
+            .u64(1)
+            .u64(u64::MAX)
+            .u64(0)
+            .bytes(b"k")
+            .tail(b"{}")
+            .done();
+        journal.append(&push).unwrap();
+        drop(journal);
+        match StateFile::open(&path, InboxLimits::default()) {
+            Err(OpenError::Invalid { .. }) => {}
+            Err(other) => panic!("expected a refused record, got {other}"),
+            Ok(_) => panic!("a notice id of u64::MAX was accepted"),
+        }
     }
 }
