@@ -73,7 +73,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use log::{info, warn};
 
@@ -187,9 +187,7 @@ pub struct ConversationFile {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 fn client_hash(id: Option<&str>) -> u32 {
     id.map_or(0, |id| crc32fast::hash(id.as_bytes()).max(1))

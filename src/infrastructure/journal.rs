@@ -379,9 +379,7 @@ pub struct Journal {
     rewrites: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// Writes `content` to a new file beside `path`, syncs it, renames it over
 /// `path` and syncs the directory; returns the new file open for reading and writing.
