@@ -17,11 +17,15 @@ use native_tls::TlsAcceptor;
 
 use crate::admin::{self, AdminHandle};
 use crate::application::auth::AuthLimits;
-use crate::application::hub::HoldLimits;
+use crate::application::hub::{HoldLimits, RoomStores};
 use crate::application::{IceSettings, UserStore};
 use crate::config::{Config, LimitsConfig};
 use crate::domain::limits::BackoffPolicy;
 use crate::infrastructure::admin_socket::{self, ADMIN_SOCKET_FILE, AdminSocket, SocketError};
+use crate::infrastructure::journal::OpenError;
+use crate::infrastructure::{
+    CONVERSATIONS_FILE, ConversationFile, InboxLimits, STATE_FILE, StateFile,
+};
 use crate::infrastructure::{
     DataDirLock, LoadError, LockError, RevocationFile, Role, SessionFileError, UsersFile,
     load_or_create_secret,
@@ -49,6 +53,8 @@ pub enum StartError {
     Data(LoadError),
     /// The session secret or the revocation journal is unusable.
     Sessions(SessionFileError),
+    /// A journal (rooms, messages, inboxes, ids) cannot be opened.
+    Journal(OpenError),
     /// The data directory cannot be used: it cannot be created, is a file, or
     /// another process holds it.
     Locked(LockError),
@@ -70,6 +76,7 @@ impl StartError {
             StartError::Tls(_) => 2,
             StartError::Data(_)
             | StartError::Sessions(_)
+            | StartError::Journal(_)
             | StartError::Locked(_)
             | StartError::Bind { .. }
             | StartError::AdminSocket(_)
@@ -116,6 +123,7 @@ impl fmt::Display for StartError {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Data(e) => write!(f, "cannot load users: {e}"),
             StartError::Sessions(e) => write!(f, "cannot load session state: {e}"),
+            StartError::Journal(e) => write!(f, "cannot load rooms and messages: {e}"),
             StartError::Locked(e) => write!(f, "{e}"),
             StartError::Bind {
                 listener,
@@ -302,10 +310,26 @@ pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
         RevocationFile::open(&config.data_dir.join(REVOCATIONS_FILE))
             .map_err(StartError::Sessions)?,
     );
+    // Both journals are shared by everything durable after users: room and
+    // chat logs in one, keyed records, inboxes and ids in the other.
+    let logs = Arc::new(
+        ConversationFile::open(&config.data_dir.join(CONVERSATIONS_FILE))
+            .map_err(StartError::Journal)?,
+    );
+    let state = Arc::new(
+        StateFile::open(&config.data_dir.join(STATE_FILE), InboxLimits::default())
+            .map_err(StartError::Journal)?,
+    );
     Ok(Storage {
         users,
         revocations,
         session_secret,
+        rooms: RoomStores {
+            kv: state.clone(),
+            logs,
+            inbox: state.clone(),
+            ids: state,
+        },
     })
 }
 
@@ -353,6 +377,7 @@ pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
             turn_secret: config.webrtc.turn_secret.clone(),
             credential_ttl_secs: config.webrtc.turn_credential_ttl.as_secs().max(1),
         },
+        rooms: crate::domain::RoomLimits::default(),
     }
 }
 

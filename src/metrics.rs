@@ -69,7 +69,12 @@ pub struct Gauges {
     pub calls_active: usize,
     /// Frames encoded for delivery; a broadcast counts once, whatever its recipients.
     pub frames_encoded: u64,
+    pub rooms: usize,
+    pub room_participants: usize,
 }
+
+/// Why joins were refused, as the metric labels them (domain `Refusal`).
+pub const ROOM_REFUSALS: [&str; 5] = ["banned", "not_invited", "password", "full", "already_in"];
 
 /// Every counter the daemon keeps.
 pub struct Metrics {
@@ -91,6 +96,10 @@ pub struct Metrics {
     /// Calls held for a resume after a connection dropped.
     pub calls_held: AtomicU64,
     pub guest_logins: AtomicU64,
+    /// Room chat messages stored and delivered.
+    pub room_messages: AtomicU64,
+    /// Room joins refused, by [`ROOM_REFUSALS`].
+    room_refusals: [AtomicU64; ROOM_REFUSALS.len()],
     pub hash_wait: Histogram,
     pub relay_time: Histogram,
 }
@@ -112,6 +121,8 @@ impl Default for Metrics {
             resumes_refused: AtomicU64::new(0),
             calls_held: AtomicU64::new(0),
             guest_logins: AtomicU64::new(0),
+            room_messages: AtomicU64::new(0),
+            room_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             hash_wait: Histogram::default(),
             relay_time: Histogram::default(),
         }
@@ -135,6 +146,13 @@ impl Metrics {
     pub fn error(&self, code: u16) {
         if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
             bump(&self.errors[i]);
+        }
+    }
+
+    /// Counts a refused room join; `reason` is one of [`ROOM_REFUSALS`].
+    pub fn room_join_refused(&self, reason: &str) {
+        if let Some(i) = ROOM_REFUSALS.iter().position(|r| *r == reason) {
+            bump(&self.room_refusals[i]);
         }
     }
 
@@ -284,6 +302,35 @@ impl Metrics {
             "Calls held for a resume after a party's connection dropped.",
             &self.calls_held,
         );
+        gauge(
+            &mut out,
+            "switchboard_rooms",
+            "Rooms that exist (durable; empty ones included).",
+            gauges.rooms,
+        );
+        gauge(
+            &mut out,
+            "switchboard_room_participants",
+            "Users in rooms now, counted once per room.",
+            gauges.room_participants,
+        );
+        counter(
+            &mut out,
+            "switchboard_room_messages_total",
+            "Room chat messages stored and delivered (retries with a known client_msg_id not counted).",
+            &self.room_messages,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_room_joins_refused_total Room joins refused, by reason.\n# TYPE switchboard_room_joins_refused_total counter"
+        );
+        for (reason, n) in ROOM_REFUSALS.iter().zip(&self.room_refusals) {
+            let _ = writeln!(
+                out,
+                "switchboard_room_joins_refused_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
             "switchboard_guest_logins_total",

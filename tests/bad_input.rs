@@ -23,7 +23,7 @@ fn malformed_frames_get_400_and_the_connection_goes_on() {
     let server = TestServer::start();
     let (mut c, _) = server.user("alice");
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (raw(0x42, b"{}"), "unknown message type 0x42"),
+        (raw(0x90, b"{}"), "unknown message type 0x90"),
         (raw(0x00, b"{}"), "unknown message type 0x00"),
         (
             raw(0x08, &[b'{', 0xff, 0xfe, b'}']),

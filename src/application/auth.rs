@@ -13,7 +13,7 @@ use super::error::AppError;
 use super::ports::{StoreError, UserRecord, UserStore};
 use crate::domain::limits::{Backoff, BackoffPolicy, Buckets, Cidr};
 use crate::domain::user::username_key;
-use crate::domain::{validate_secret, validate_username};
+use crate::domain::{UserId, validate_secret, validate_username};
 use crate::metrics::Metrics;
 
 /// bcrypt reads at most 72 bytes of input and ignores the rest.
@@ -340,6 +340,59 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// Hashes a room password (1 to 1024 bytes) with the login hasher.
+    ///
+    /// # Errors
+    /// 400 for an empty or too long password.
+    pub fn hash_room_password(&self, password: &str) -> Result<String, AppError> {
+        check_room_password_text(password)?;
+        self.hasher.hash(password)
+    }
+
+    /// Checks a room password for `user` at `from` against `hash`: through
+    /// the same hasher and back-off as logins (keyed per user for rooms, so
+    /// a wrong room password never locks the user out of logging in, and per
+    /// address). Refused before any hashing while backing off.
+    ///
+    /// # Errors
+    /// 401 `wrong room password`, 429 while backing off.
+    pub fn check_room_password(
+        &self,
+        user: UserId,
+        from: IpAddr,
+        password: &str,
+        hash: &str,
+    ) -> Result<(), AppError> {
+        let key = format!("room-password:{user}");
+        let count_address = !self.is_exempt(from);
+        {
+            let now = Instant::now();
+            let throttles = self.throttles();
+            throttles
+                .users
+                .check(&key, now)
+                .map_err(|wait| rate_limited("too many wrong room passwords", wait))?;
+            if count_address {
+                throttles.ips.check(&from, now).map_err(|wait| {
+                    rate_limited("too many failed logins from your address", wait)
+                })?;
+            }
+        }
+        let ok =
+            check_room_password_text(password).is_ok() && self.hasher.verify(password, Some(hash));
+        let mut throttles = self.throttles();
+        if ok {
+            throttles.users.succeed(&key);
+            return Ok(());
+        }
+        let now = Instant::now();
+        throttles.users.fail(&key, now);
+        if count_address {
+            throttles.ips.fail(&from, now);
+        }
+        Err(AppError::Unauthorized("wrong room password".into()))
+    }
+
     /// GUEST_LOGIN from `from`: guests count as account creations for the
     /// per-address limit, so nobody can mint identities (and TURN
     /// credentials) in a loop.
@@ -450,6 +503,16 @@ impl Authenticator {
 
 /// The checks of a new account that cost no hash: the name and secret follow
 /// the rules and the name is free (create() checks again, atomically).
+/// A room password: 1 to 1024 bytes.
+fn check_room_password_text(password: &str) -> Result<(), AppError> {
+    if password.is_empty() || password.len() > 1024 {
+        return Err(AppError::BadRequest(
+            "a room password has 1 to 1024 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_new_account(users: &dyn UserStore, username: &str, secret: &str) -> Result<(), AppError> {
     validate_username(username).map_err(|e| AppError::BadRequest(e.to_string()))?;
     validate_secret(secret).map_err(AppError::BadRequest)?;

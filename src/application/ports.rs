@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::domain::{CallId, UserId, UserState};
+use crate::domain::{CallId, RoomId, UserId, UserState};
 
 /// One registered user as storage keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,24 +99,31 @@ pub struct Party {
     pub username: Arc<str>,
 }
 
-/// Signaling relayed between the two parties of a call. `from` is always the
-/// authenticated sender, `to` the peer the server looked up.
+/// Where relayed signaling belongs: a 1:1 call, or a pair inside a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Call(CallId),
+    Room(RoomId),
+}
+
+/// Signaling relayed between two peers of a call or a room. `from` is always
+/// the authenticated sender, `to` the peer the server checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signal {
     Offer {
-        call_id: CallId,
+        scope: Scope,
         from: UserId,
         to: UserId,
         sdp: String,
     },
     Answer {
-        call_id: CallId,
+        scope: Scope,
         from: UserId,
         to: UserId,
         sdp: String,
     },
     Ice {
-        call_id: CallId,
+        scope: Scope,
         from: UserId,
         to: UserId,
         candidate: String,
@@ -126,13 +133,79 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub fn call_id(&self) -> CallId {
+    pub fn scope(&self) -> Scope {
         match self {
-            Signal::Offer { call_id, .. }
-            | Signal::Answer { call_id, .. }
-            | Signal::Ice { call_id, .. } => *call_id,
+            Signal::Offer { scope, .. }
+            | Signal::Answer { scope, .. }
+            | Signal::Ice { scope, .. } => *scope,
         }
     }
+}
+
+/// A room as its participants and ROOM_LIST see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub name: Arc<str>,
+    pub description: String,
+    pub owner: UserId,
+    pub has_password: bool,
+    pub invite_only: bool,
+    pub members_invite: bool,
+    pub participants: usize,
+    pub max_participants: u32,
+}
+
+/// Why a participant left a room, as ROOM_PEER_LEFT says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomExit {
+    Left,
+    Disconnected,
+    LoggedOut,
+    TakenOver,
+    Expired,
+    DeletedAccount,
+    ServerStopping,
+    Kicked,
+    Banned,
+    RoomDeleted,
+}
+
+impl RoomExit {
+    /// The wire word (and the event log's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomExit::Left => "left",
+            RoomExit::Disconnected => "disconnected",
+            RoomExit::LoggedOut => "logged_out",
+            RoomExit::TakenOver => "taken_over",
+            RoomExit::Expired => "expired",
+            RoomExit::DeletedAccount => "deleted_account",
+            RoomExit::ServerStopping => "server_stopping",
+            RoomExit::Kicked => "kicked",
+            RoomExit::Banned => "banned",
+            RoomExit::RoomDeleted => "room_deleted",
+        }
+    }
+}
+
+/// A chat message of a room, as every participant gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomLine {
+    pub room: RoomId,
+    pub seq: u64,
+    pub from: Party,
+    pub text: Arc<str>,
+    /// Unix milliseconds.
+    pub sent_at: u64,
+}
+
+/// Where a notice came from the offline inbox: its id there (the client
+/// acknowledges up to it) and how many older notices the full inbox lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FromInbox {
+    pub id: u64,
+    pub dropped: u64,
 }
 
 /// Why the server ends a session on its own initiative.
@@ -186,6 +259,48 @@ pub enum Notice {
         grace_ms: u64,
     },
     SessionEnded(SessionEnd),
+    /// Someone joined a room the recipient is in; they will offer.
+    RoomPeerJoined {
+        room: RoomId,
+        peer: Party,
+    },
+    /// Someone left a room the recipient is in (or the recipient was put out).
+    RoomPeerLeft {
+        room: RoomId,
+        peer: Party,
+        why: RoomExit,
+    },
+    /// A room participant's connection dropped (held for a RESUME) or is back.
+    RoomPeerStatus {
+        room: RoomId,
+        peer: Party,
+        reconnecting: bool,
+        grace_ms: u64,
+    },
+    RoomInvitation {
+        room: RoomId,
+        name: Arc<str>,
+        from: Party,
+        inbox: Option<FromInbox>,
+    },
+    /// To a room's owner.
+    RoomKnock {
+        room: RoomId,
+        knocker: Party,
+        text: String,
+        inbox: Option<FromInbox>,
+    },
+    /// To the knocker.
+    RoomKnockDenied {
+        room: RoomId,
+        user: UserId,
+        inbox: Option<FromInbox>,
+    },
+    RoomUpdated(Arc<RoomView>),
+    RoomDeleted {
+        room: RoomId,
+    },
+    RoomMessage(Arc<RoomLine>),
 }
 
 /// A numbered batch of notices about users (presence), for every online user
@@ -218,6 +333,13 @@ pub trait Delivery: Send + Sync {
     /// write it out on the caller's thread (write-through).
     fn relay_to_user(&self, user: UserId, notice: Notice) {
         self.to_user(user, notice);
+    }
+    /// Queues one notice for each of `users` (a room's participants), encoded
+    /// once. The audience is a few users: callers may hold a lock.
+    fn to_users(&self, users: &[UserId], notice: Notice) {
+        for user in users {
+            self.to_user(*user, notice.clone());
+        }
     }
     /// Queues `batch` for every routed user but the one each notice is
     /// about, each notice encoded once. Skips users who already have it.

@@ -236,7 +236,8 @@ mod tests {
         let text = probe_text(42, 123_456_789, 200);
         assert_eq!(text.len(), 200);
         let frame = Request::IceCandidate(IceCandidate {
-            call_id: "7".into(),
+            call_id: Some("7".into()),
+            room_id: None,
             from_user_id: String::new(),
             to_user_id: String::new(),
             candidate: text,

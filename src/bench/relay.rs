@@ -130,7 +130,8 @@ fn since(epoch: Instant) -> u64 {
 
 fn probe(call_id: &str, seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
     Request::IceCandidate(IceCandidate {
-        call_id: call_id.into(),
+        call_id: Some(call_id.into()),
+        room_id: None,
         from_user_id: String::new(),
         to_user_id: String::new(),
         candidate: probe_text(seq, sent_ns, size),

@@ -51,7 +51,8 @@ fn fake_sdp(kind: &str) -> String {
 
 fn ice(call_id: &str, n: usize) -> Request {
     Request::IceCandidate(IceCandidate {
-        call_id: call_id.into(),
+        call_id: Some(call_id.into()),
+        room_id: None,
         from_user_id: String::new(),
         to_user_id: String::new(),
         candidate: format!("candidate:{n} 1 udp 2122260223 10.0.0.{n} 5000{n} typ host"),
@@ -63,7 +64,8 @@ fn ice(call_id: &str, n: usize) -> Request {
 
 fn sdp(call_id: &str, body: &str) -> Sdp {
     Sdp {
-        call_id: call_id.into(),
+        call_id: Some(call_id.into()),
+        room_id: None,
         from_user_id: String::new(),
         to_user_id: String::new(),
         sdp: body.into(),

@@ -637,7 +637,7 @@ mod tests {
             payload: b"{}".to_vec(),
         };
         assert_eq!(frame(0x09).name(), "CALL_NOTIFICATION");
-        assert_eq!(frame(0x42).name(), "0x42");
+        assert_eq!(frame(0x90).name(), "0x90");
         assert!(frame(0x09).is(MessageType::CallNotification));
     }
 

@@ -812,8 +812,8 @@ mod tests {
             r#"{"type":"HANGUP","code":16,"payload":{"call_id":"5"}}"#
         );
         assert_eq!(
-            frame_line(&frame(0x42, "{}")),
-            r#"{"type":"0x42","code":66,"payload":{}}"#
+            frame_line(&frame(0x90, "{}")),
+            r#"{"type":"0x90","code":144,"payload":{}}"#
         );
         assert_eq!(
             frame_line(&frame(0x12, "{broken")),

@@ -5,9 +5,11 @@
 
 pub mod call;
 pub mod limits;
+pub mod room;
 pub mod user;
 
 pub use call::{Call, CallBook, CallError, CallId, CallPhase, EndReason, Ended};
+pub use room::{Room, RoomId, RoomLimits};
 pub use user::{
     GUEST_ID_BASE, UserId, UserState, UsernameError, guest_name, validate_secret, validate_username,
 };

@@ -56,8 +56,9 @@
 //! and moves offsets by their old value.
 //!
 //! **Compaction** runs in the background once dead bytes (deleted, edited
-//! over, dropped) are at least half the file and 4 MiB, or on request
-//! ([`ConversationFile::compact`]). Writers wait only while the records
+//! over, dropped) are at least half the file and 4 MiB, at once after a whole
+//! log is dropped (a deleted room's history must leave the disk), or on
+//! request ([`ConversationFile::compact`]). Writers wait only while the records
 //! appended during it are copied and the new file is synced and renamed.
 //!
 //! **Locks.** `index` (Mutex) guards the logs, the in-flight appends and
@@ -174,6 +175,8 @@ struct Inner {
     index: Mutex<Index>,
     settled: Condvar,
     compacting: AtomicBool,
+    /// A compaction was asked for while one ran: run again after it.
+    compact_again: AtomicBool,
     #[cfg(test)]
     page_hook: Mutex<Option<PageHook>>,
     /// Called by `edit` between its wait and taking the lock again (tests).
@@ -265,6 +268,7 @@ impl ConversationFile {
                 index: Mutex::new(index),
                 settled: Condvar::new(),
                 compacting: AtomicBool::new(false),
+                compact_again: AtomicBool::new(false),
                 #[cfg(test)]
                 page_hook: Mutex::new(None),
                 #[cfg(test)]
@@ -424,17 +428,35 @@ impl Inner {
         Ok(self.journal.read_record(file, e.offset, Some(e.len))?)
     }
 
-    fn maybe_compact(self: &Arc<Self>, dead: u64) {
+    /// Starts a background compaction when dead bytes call for one, or
+    /// `now` (a whole log was dropped: its content should leave the disk
+    /// soon, not when the file happens to be half dead). A request while one
+    /// runs makes it run once more, since it may have copied the content.
+    fn maybe_compact(self: &Arc<Self>, dead: u64, now: bool) {
         let len = self.journal.stats().durable_len;
-        if dead < COMPACT_AFTER || dead * 2 < len || self.compacting.swap(true, Ordering::AcqRel) {
+        let due = now || (dead >= COMPACT_AFTER && dead * 2 >= len);
+        if !due {
+            return;
+        }
+        if now {
+            self.compact_again.store(true, Ordering::Release);
+        }
+        if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
         let inner = self.clone();
         let spawned = std::thread::Builder::new()
             .name("compact-conversations".into())
             .spawn(move || {
-                if let Err(err) = inner.compact() {
-                    warn!("conversation compaction failed: {err}; the old file stays in use");
+                loop {
+                    inner.compact_again.store(false, Ordering::Release);
+                    if let Err(err) = inner.compact() {
+                        warn!("conversation compaction failed: {err}; the old file stays in use");
+                        break;
+                    }
+                    if !inner.compact_again.load(Ordering::Acquire) {
+                        break;
+                    }
                 }
                 inner.compacting.store(false, Ordering::Release);
             });
@@ -814,7 +836,7 @@ impl ConversationStore for ConversationFile {
         idx.dead += dead;
         let dead = idx.dead;
         drop(idx);
-        inner.maybe_compact(dead);
+        inner.maybe_compact(dead, false);
         Ok(true)
     }
 
@@ -856,7 +878,7 @@ impl ConversationStore for ConversationFile {
         };
         inner.journal.wait(&ticket)?;
         let dead = lock(&inner.index).dead;
-        inner.maybe_compact(dead);
+        inner.maybe_compact(dead, false);
         Ok(true)
     }
 
@@ -896,7 +918,7 @@ impl ConversationStore for ConversationFile {
         };
         inner.journal.wait(&ticket)?;
         let dead = lock(&inner.index).dead;
-        inner.maybe_compact(dead);
+        inner.maybe_compact(dead, true);
         Ok(true)
     }
 }

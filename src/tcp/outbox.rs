@@ -18,9 +18,11 @@ use log::{debug, warn};
 use rustix::event::{EventfdFlags, eventfd};
 
 use super::message::{
-    CallAnswered, CallNotification, Hangup, IceCandidate, PeerStatus, Sdp, ServerMessage,
-    UserStateUpdate,
+    CallAnswered, CallNotification, Hangup, IceCandidate, PeerStatus, RoomChat, RoomDeleted,
+    RoomInvitation, RoomKnock, RoomMember, RoomPeerJoined, RoomPeerLeft, RoomUpdated, Sdp,
+    ServerMessage, UserStateUpdate,
 };
+use crate::application::ports::{FromInbox, Scope};
 use crate::application::{Broadcast, ConnId, Delivery, Notice, SessionEnd, Signal};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
@@ -495,6 +497,20 @@ impl Delivery for Connections {
         }
     }
 
+    fn to_users(&self, users: &[UserId], notice: Notice) {
+        let routes: Vec<Route> = {
+            let table = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+            users.iter().filter_map(|u| table.get(u).cloned()).collect()
+        };
+        if routes.is_empty() {
+            return;
+        }
+        let frame = self.encode(&notice_message(notice));
+        for route in routes {
+            route.outbox.push(frame.clone());
+        }
+    }
+
     fn broadcast(&self, batch: &Broadcast) {
         if batch.about.is_empty() {
             return;
@@ -619,7 +635,8 @@ pub fn notice_message(notice: Notice) -> ServerMessage {
             reconnecting,
             grace_ms,
         } => ServerMessage::PeerStatus(PeerStatus {
-            call_id: call_id.to_string(),
+            call_id: Some(call_id.to_string()),
+            room_id: None,
             peer_user_id: peer.id.to_string(),
             peer_username: peer.username.to_string(),
             status: if reconnecting {
@@ -631,52 +648,178 @@ pub fn notice_message(notice: Notice) -> ServerMessage {
             grace_ms: reconnecting.then_some(grace_ms),
         }),
         Notice::SessionEnded(why) => session_end_message(why),
+        room => match room_message(room) {
+            Some(message) => message,
+            None => ServerMessage::error(500, "a notice the server cannot encode", None),
+        },
+    }
+}
+
+/// `call_id` and `room_id` of a scope, as the wire carries them.
+fn scope_ids(scope: Scope) -> (Option<String>, Option<String>) {
+    match scope {
+        Scope::Call(id) => (Some(id.to_string()), None),
+        Scope::Room(id) => (None, Some(id.to_string())),
     }
 }
 
 fn signal_message(signal: Signal) -> ServerMessage {
     match signal {
         Signal::Offer {
-            call_id,
+            scope,
             from,
             to,
             sdp,
-        } => ServerMessage::SdpOffer(Sdp {
-            call_id: call_id.to_string(),
-            from_user_id: from.to_string(),
-            to_user_id: to.to_string(),
-            sdp,
-            req_id: None,
-        }),
+        } => {
+            let (call_id, room_id) = scope_ids(scope);
+            ServerMessage::SdpOffer(Sdp {
+                call_id,
+                room_id,
+                from_user_id: from.to_string(),
+                to_user_id: to.to_string(),
+                sdp,
+                req_id: None,
+            })
+        }
         Signal::Answer {
-            call_id,
+            scope,
             from,
             to,
             sdp,
-        } => ServerMessage::SdpAnswer(Sdp {
-            call_id: call_id.to_string(),
-            from_user_id: from.to_string(),
-            to_user_id: to.to_string(),
-            sdp,
-            req_id: None,
-        }),
+        } => {
+            let (call_id, room_id) = scope_ids(scope);
+            ServerMessage::SdpAnswer(Sdp {
+                call_id,
+                room_id,
+                from_user_id: from.to_string(),
+                to_user_id: to.to_string(),
+                sdp,
+                req_id: None,
+            })
+        }
         Signal::Ice {
-            call_id,
+            scope,
             from,
             to,
             candidate,
             sdp_mid,
             sdp_mline_index,
-        } => ServerMessage::IceCandidate(IceCandidate {
-            call_id: call_id.to_string(),
-            from_user_id: from.to_string(),
-            to_user_id: to.to_string(),
-            candidate,
-            sdp_mid,
-            sdp_mline_index,
+        } => {
+            let (call_id, room_id) = scope_ids(scope);
+            ServerMessage::IceCandidate(IceCandidate {
+                call_id,
+                room_id,
+                from_user_id: from.to_string(),
+                to_user_id: to.to_string(),
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                req_id: None,
+            })
+        }
+    }
+}
+
+/// The wire form of a room notice.
+fn room_message(notice: Notice) -> Option<ServerMessage> {
+    let inbox = |i: Option<FromInbox>| (i.map(|i| i.id), i.map(|i| i.dropped).filter(|d| *d > 0));
+    Some(match notice {
+        Notice::RoomPeerJoined { room, peer } => ServerMessage::RoomPeerJoined(RoomPeerJoined {
+            room_id: room.to_string(),
+            user_id: peer.id.to_string(),
+            username: peer.username.to_string(),
+            create_offer: false,
+        }),
+        Notice::RoomPeerLeft { room, peer, why } => ServerMessage::RoomPeerLeft(RoomPeerLeft {
+            room_id: room.to_string(),
+            user_id: peer.id.to_string(),
+            username: peer.username.to_string(),
+            reason: why.as_str().to_string(),
+        }),
+        Notice::RoomPeerStatus {
+            room,
+            peer,
+            reconnecting,
+            grace_ms,
+        } => ServerMessage::PeerStatus(PeerStatus {
+            call_id: None,
+            room_id: Some(room.to_string()),
+            peer_user_id: peer.id.to_string(),
+            peer_username: peer.username.to_string(),
+            status: if reconnecting {
+                "reconnecting"
+            } else {
+                "reconnected"
+            }
+            .into(),
+            grace_ms: reconnecting.then_some(grace_ms),
+        }),
+        Notice::RoomInvitation {
+            room,
+            name,
+            from,
+            inbox: i,
+        } => {
+            let (inbox_id, inbox_dropped) = inbox(i);
+            ServerMessage::RoomInvitation(RoomInvitation {
+                room_id: room.to_string(),
+                name: name.to_string(),
+                from_user_id: from.id.to_string(),
+                from_username: from.username.to_string(),
+                inbox_id,
+                inbox_dropped,
+            })
+        }
+        Notice::RoomKnock {
+            room,
+            knocker,
+            text,
+            inbox: i,
+        } => {
+            let (inbox_id, inbox_dropped) = inbox(i);
+            ServerMessage::RoomKnock(RoomKnock {
+                room_id: room.to_string(),
+                user_id: knocker.id.to_string(),
+                username: knocker.username.to_string(),
+                text,
+                inbox_id,
+                inbox_dropped,
+            })
+        }
+        Notice::RoomKnockDenied {
+            room,
+            user,
+            inbox: i,
+        } => {
+            let (inbox_id, inbox_dropped) = inbox(i);
+            ServerMessage::RoomKnockDeny(RoomMember {
+                success: None,
+                room_id: room.to_string(),
+                user_id: user.to_string(),
+                banned: None,
+                inbox_id,
+                inbox_dropped,
+                req_id: None,
+            })
+        }
+        Notice::RoomUpdated(view) => ServerMessage::RoomUpdated(RoomUpdated {
+            success: None,
+            room: super::handlers::room_view(&view),
             req_id: None,
         }),
-    }
+        Notice::RoomDeleted { room } => ServerMessage::RoomDeleted(RoomDeleted {
+            room_id: room.to_string(),
+        }),
+        Notice::RoomMessage(line) => ServerMessage::RoomMessage(RoomChat {
+            room_id: Some(line.room.to_string()),
+            seq: line.seq,
+            from_user_id: line.from.id.to_string(),
+            from_username: line.from.username.to_string(),
+            text: line.text.to_string(),
+            sent_at: line.sent_at,
+        }),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

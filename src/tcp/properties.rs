@@ -31,7 +31,8 @@ fn request() -> impl Strategy<Value = Request> {
         (".*", ".*", ".*", "(?s).*", req_id()).prop_map(
             |(call_id, from_user_id, to_user_id, sdp, req_id)| {
                 Request::SdpOffer(Sdp {
-                    call_id,
+                    call_id: Some(call_id),
+                    room_id: None,
                     from_user_id,
                     to_user_id,
                     sdp,
@@ -42,7 +43,8 @@ fn request() -> impl Strategy<Value = Request> {
         (".*", "(?s).*", proptest::option::of(".*"), any::<u32>()).prop_map(
             |(call_id, candidate, sdp_mid, sdp_mline_index)| {
                 Request::IceCandidate(IceCandidate {
-                    call_id,
+                    call_id: Some(call_id),
+                    room_id: None,
                     from_user_id: String::new(),
                     to_user_id: String::new(),
                     candidate,

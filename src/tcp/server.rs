@@ -18,11 +18,12 @@ use super::message::{MessageType, ServerMessage};
 use super::outbox::{Connections, Outbox};
 use super::transport::{Transport, accept_tls};
 use crate::application::auth::AuthLimits;
-use crate::application::hub::{HoldLimits, HubSettings};
+use crate::application::hub::{HoldLimits, HubSettings, RoomStores};
 use crate::application::{
     Authenticator, Delivery, Hub, IceSettings, PasswordHasher, SessionEnd, SessionStore,
     SessionTokens, UserAdmin, UserStore,
 };
+use crate::domain::RoomLimits;
 use crate::domain::limits::Cidr;
 use crate::metrics::{Gauges, Metrics};
 
@@ -66,6 +67,7 @@ pub struct Settings {
     pub tls: Option<TlsAcceptor>,
     pub sessions: SessionSettings,
     pub ice: IceSettings,
+    pub rooms: RoomLimits,
 }
 
 /// Protocol 2 sessions: tokens, held calls, guests.
@@ -82,6 +84,8 @@ pub struct Storage {
     pub users: Arc<dyn UserStore>,
     pub revocations: Arc<dyn SessionStore>,
     pub session_secret: [u8; 32],
+    /// Rooms' records, chat and event logs, inboxes and ids.
+    pub rooms: RoomStores,
 }
 
 /// State shared by the listener and every connection thread.
@@ -124,6 +128,8 @@ impl Shared {
             sessions_held: hub.held,
             guests_online: hub.guests,
             frames_encoded: self.connections.frames_encoded(),
+            rooms: hub.rooms,
+            room_participants: hub.room_participants,
             password_hashes: self.metrics.hash_wait.count(),
         }
     }
@@ -151,8 +157,13 @@ impl Server {
             delivery,
             users.clone(),
             hub_settings,
+            (storage.rooms, settings.rooms),
             metrics.clone(),
         ));
+        let rooms = hub
+            .load_rooms()
+            .map_err(|err| io::Error::other(format!("cannot load rooms: {err}")))?;
+        log::info!("loaded {rooms} rooms");
         let revocations = storage.revocations;
         let tokens = SessionTokens::new(
             storage.session_secret,
@@ -234,6 +245,8 @@ pub struct ServerStats {
     pub sessions_held: usize,
     pub guests_online: usize,
     pub frames_encoded: u64,
+    pub rooms: usize,
+    pub room_participants: usize,
     /// bcrypt hashes and verifications run since start.
     pub password_hashes: u64,
 }
@@ -265,6 +278,8 @@ impl Observer {
             calls_ringing: s.calls_ringing,
             calls_active: s.calls - s.calls_ringing,
             frames_encoded: s.frames_encoded,
+            rooms: s.rooms,
+            room_participants: s.room_participants,
         };
         self.0.metrics.render(gauges, |code| {
             MessageType::from_code(code).map(MessageType::name)

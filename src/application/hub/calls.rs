@@ -206,14 +206,16 @@ impl Hub {
                 tell(out, call.callee, hung_up);
             }
         }
-        // A session is held only for its call: with the call gone, a held
-        // party has nothing to come back to, and must not stay online (and
-        // callable) without a connection until its grace period ends.
+        // A session is held for its call and rooms: with the call gone and
+        // no room, a held party has nothing to come back to, and must not
+        // stay online (and callable) without a connection until its grace
+        // period ends.
         for party in [call.caller, call.callee] {
             if state
                 .online
                 .get(&party)
                 .is_some_and(|s| s.detached.is_some())
+                && !state.rooms.is_in_any(party)
                 && let Some(session) = self.leave(state, party, Departure::CallEnded, out)
             {
                 info!(

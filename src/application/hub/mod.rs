@@ -1,17 +1,19 @@
-//! Sessions, presence and calls: the shared state every connection works on.
+//! Sessions, presence, calls and rooms: the shared state every connection works on.
 //!
 //! # Layout
 //! This file holds the state, the one lock, committing a change and the one
 //! leave path; each capability's use cases are in a file of its own:
 //! [`sessions`] (login, guests, RESUME and held calls, logout, disconnects),
 //! [`calls`] (ringing, answering, the relay, hang-ups), [`presence`] (the
-//! user list, batches). Rooms and streams come as files beside them, each
-//! adding its step to [`ON_LEAVE`].
+//! user list, batches), [`rooms`] (the door, the mesh relay, chat in seq
+//! order, moderation, the offline inbox). Streams come as a file beside
+//! them, adding its step to [`ON_LEAVE`].
 //!
 //! # Locks, and their order
-//! - `state` (one `Mutex<HubState>`) guards sessions, calls, deadlines and
-//!   presence not yet broadcast together, because the rules span them ("is the
-//!   callee online and free? then ring"). It is held for whole compound
+//! - `state` (one `Mutex<HubState>`) guards sessions, calls, rooms, deadlines
+//!   and presence not yet broadcast together, because the rules span them ("is
+//!   the callee online and free? then ring"; "the session ends, so it leaves
+//!   its rooms"). It is held for whole compound
 //!   operations and never during I/O, hashing, storage writes or a fan-out.
 //!   While holding it, the hub calls [`Delivery`] for direct notices only (a
 //!   few pushes onto bounded queues, each under that queue's own short lock),
@@ -48,19 +50,22 @@
 //! Every way a session ends (logout, disconnect, takeover, guest expiry, hold
 //! expiry, deletion, a kick, shutdown) goes through [`Hub::leave`], which runs
 //! each capability's part in [`ON_LEAVE`] and removes the session and its
-//! route. A capability that keeps users somewhere (a call today; rooms and
-//! streams next) adds its step there, once.
+//! route. A capability that keeps users somewhere (a call, rooms; streams
+//! next) adds its step there, once.
 //!
-//! Held calls: when the connection of a user who holds a session token drops
-//! during a call, the session is detached instead of ended. The call and the
-//! user's presence stay; what would be delivered to the user is kept in order
+//! Held sessions: when the connection of a user who holds a session token
+//! drops during a call or while in a room, the session is detached instead of
+//! ended. The call, the rooms and the user's presence stay; what would be delivered to the user is kept in order
 //! in a bounded gap buffer; a RESUME within the grace period reattaches the
 //! session and delivers the gap. Past the grace period (or when the gap
 //! overflows) the session ends as any disconnect does.
 
 mod calls;
 mod presence;
+mod rooms;
 mod sessions;
+
+pub use rooms::{Joined, LogLine, LogPage, MAX_PAGE, RoomChanges, RoomStores, room_scope};
 
 use presence::PendingPresence;
 use std::collections::{BTreeSet, HashMap};
@@ -76,7 +81,9 @@ use super::ports::{
 };
 use crate::domain::call::Answered;
 use crate::domain::user::username_key;
-use crate::domain::{CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, UserId, UserState};
+use crate::domain::{
+    CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, RoomId, RoomLimits, UserId, UserState,
+};
 use crate::metrics::Metrics;
 
 /// What a session's client understands and how long the session may last.
@@ -160,6 +167,8 @@ struct HubState {
     in_flight: Vec<Arc<Broadcast>>,
     /// The id of the next sealed batch.
     next_batch: u64,
+    /// Rooms and who is in them.
+    rooms: rooms::RoomTable,
     stopping: bool,
 }
 
@@ -170,6 +179,7 @@ fn held_size(notice: &Notice) -> usize {
         + match notice {
             Notice::Signal(Signal::Offer { sdp, .. } | Signal::Answer { sdp, .. }) => sdp.len(),
             Notice::Signal(Signal::Ice { candidate, .. }) => candidate.len(),
+            Notice::RoomMessage(line) => line.text.len(),
             _ => 0,
         }
 }
@@ -297,13 +307,16 @@ type OnLeave = fn(&Hub, &mut HubState, UserId, Departure, &mut Outgoing);
 
 /// What each capability does when a user leaves, in this order (rooms and
 /// streams add theirs here). [`Hub::leave`] is the only caller.
-const ON_LEAVE: &[OnLeave] = &[Hub::calls_on_leave];
+const ON_LEAVE: &[OnLeave] = &[Hub::calls_on_leave, Hub::rooms_on_leave];
 
 /// Notices produced by one state change, delivered after the state lock is released.
 #[derive(Default)]
 struct Outgoing {
     /// Notices for attached users, delivered under the state lock in state order.
     direct: Vec<(UserId, Notice)>,
+    /// Notices for several attached users at once (a room), each encoded
+    /// once; delivered after `direct`, in order.
+    shared: Vec<(Vec<UserId>, Notice)>,
     /// Held sessions ended as a side effect (their call ended): they leave,
     /// whatever the caller's `before` covered.
     gone: Vec<(UserId, Arc<str>)>,
@@ -337,15 +350,17 @@ pub struct HubStats {
     /// Sessions whose connection dropped and whose call is held.
     pub held: usize,
     pub guests: usize,
+    pub rooms: usize,
+    /// Users in rooms, counted once per room.
+    pub room_participants: usize,
 }
 
-/// What a RESUME found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resumed {
-    /// A new session (nothing was held).
-    Fresh,
-    /// The user's call goes on, on this connection.
-    Call(CallId),
+/// What a RESUME found: what goes on, on this connection (nothing for a
+/// fresh session).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    pub call: Option<CallId>,
+    pub rooms: Vec<RoomId>,
 }
 
 pub struct Hub {
@@ -362,6 +377,7 @@ pub struct Hub {
     hold: HoldLimits,
     /// The next guest id.
     next_guest: AtomicU64,
+    rooms: rooms::Rooms,
     metrics: Arc<Metrics>,
 }
 
@@ -389,6 +405,7 @@ impl Hub {
         delivery: Arc<dyn Delivery>,
         users: Arc<dyn UserStore>,
         settings: HubSettings,
+        rooms: (RoomStores, RoomLimits),
         metrics: Arc<Metrics>,
     ) -> Hub {
         let first_call_id = crate::clock::unix_millis().max(1);
@@ -402,6 +419,7 @@ impl Hub {
                 pending: PendingPresence::default(),
                 in_flight: Vec::new(),
                 next_batch: 1,
+                rooms: rooms::RoomTable::default(),
                 stopping: false,
             }),
             timer_wake: Condvar::new(),
@@ -413,6 +431,7 @@ impl Hub {
             // Starting from the clock keeps ids of a restarted daemon's guests
             // apart from the last run's.
             next_guest: AtomicU64::new(GUEST_ID_BASE + first_call_id),
+            rooms: rooms::Rooms::new(rooms.0, rooms.1),
             metrics,
         }
     }
@@ -433,6 +452,8 @@ impl Hub {
                 .filter(|s| s.detached.is_some())
                 .count(),
             guests: state.guests.len(),
+            rooms: state.rooms.counts().0,
+            room_participants: state.rooms.counts().1,
         }
     }
 
@@ -721,10 +742,25 @@ mod tests {
                 max_bytes: 64 * 1024,
             },
         };
+        let dir = tempfile::tempdir().unwrap();
+        let logs = crate::infrastructure::ConversationFile::open(&dir.path().join("c")).unwrap();
+        let state = Arc::new(
+            crate::infrastructure::StateFile::open(&dir.path().join("s"), Default::default())
+                .unwrap(),
+        );
+        let stores = RoomStores {
+            kv: state.clone(),
+            logs: Arc::new(logs),
+            inbox: state.clone(),
+            ids: state,
+        };
+        // The files stay open after the directory's name is gone.
+        drop(dir);
         let hub = Hub::new(
             recorder.clone(),
             Arc::new(AnyUser),
             settings,
+            (stores, RoomLimits::default()),
             Arc::new(Metrics::default()),
         );
         (hub, recorder)

@@ -105,7 +105,8 @@ impl Hub {
         // it: seal them, so each direct recipient is caught up on them first.
         // This change's own presence goes in after (a ring is seen after
         // "Available", before "Busy").
-        let sealed_now = !out.direct.is_empty() && !state.pending.is_empty();
+        let has_news = !(out.direct.is_empty() && out.shared.is_empty());
+        let sealed_now = has_news && !state.pending.is_empty();
         if sealed_now {
             state.seal(usize::MAX);
             // Everyone else gets the sealed batch from the timer, now.
@@ -118,6 +119,12 @@ impl Hub {
         for (user, notice) in out.direct {
             self.delivery.catch_up(user, &state.in_flight);
             self.delivery.to_user(user, notice);
+        }
+        for (users, notice) in out.shared {
+            for user in &users {
+                self.delivery.catch_up(*user, &state.in_flight);
+            }
+            self.delivery.to_users(&users, notice);
         }
         for (user, username, presence) in changed {
             state.pending.add(user, username, presence);

@@ -142,30 +142,32 @@ impl Hub {
         kind: SessionKind,
     ) -> Result<Resumed, AppError> {
         let mut state = self.lock_for_login(user.id)?;
-        // A call to go on with: the user's, unless the hold overflowed.
+        // What to go on with: the user's call and rooms, unless the hold overflowed.
         let call = state.calls.call_of(user.id).copied();
+        let rooms = state.rooms.rooms_of(user.id);
         let session = state
             .online
             .get_mut(&user.id)
             .filter(|s| !s.detached.as_ref().is_some_and(|gap| gap.overflowed));
-        let (Some(call), Some(session)) = (call, session) else {
+        let Some(session) = session.filter(|_| call.is_some() || !rooms.is_empty()) else {
             self.login_locked(state, conn, user, kind);
-            return Ok(Resumed::Fresh);
+            return Ok(Resumed::default());
         };
         let mut out = Outgoing::default();
         let old_conn = std::mem::replace(&mut session.conn, conn);
         session.kind = kind;
         let held = session.detached.take();
-        let peer = call.peer_of(user.id);
+        let call_text = call.map_or_else(|| "-".to_string(), |c| c.id.to_string());
         match held {
             Some(gap) => {
                 state.deadlines.remove(&(gap.until, user.id));
                 self.delivery.attach(user.id, conn);
                 info!(
-                    "session resumed user_id={} conn={} call_id={} held_frames={}",
+                    "session resumed user_id={} conn={} call_id={} rooms={} held_frames={}",
                     user.id,
                     conn,
-                    call.id,
+                    call_text,
+                    rooms.len(),
                     gap.notices.len()
                 );
                 // Delivered under the state lock: relays from the peer, which
@@ -174,27 +176,38 @@ impl Hub {
                 for notice in gap.notices {
                     self.delivery.to_user(user.id, notice);
                 }
-                let reconnected = Notice::PeerStatus {
-                    call_id: call.id,
-                    peer: state.party(user.id),
-                    reconnecting: false,
-                    grace_ms: 0,
-                };
-                if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
-                    state.tell(peer, reconnected, &mut out, &self.hold);
+                if let Some(call) = call {
+                    let peer = call.peer_of(user.id);
+                    let reconnected = Notice::PeerStatus {
+                        call_id: call.id,
+                        peer: state.party(user.id),
+                        reconnecting: false,
+                        grace_ms: 0,
+                    };
+                    if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
+                        state.tell(peer, reconnected, &mut out, &self.hold);
+                    }
                 }
+                self.room_peer_status(&mut state, user.id, false, &mut out);
             }
             None => {
                 info!(
-                    "session resumed over a live connection user_id={} old_conn={} new_conn={} call_id={}",
-                    user.id, old_conn, conn, call.id
+                    "session resumed over a live connection user_id={} old_conn={} new_conn={} call_id={} rooms={}",
+                    user.id,
+                    old_conn,
+                    conn,
+                    call_text,
+                    rooms.len()
                 );
                 self.delivery.attach(user.id, conn);
                 out.end.push((old_conn, SessionEnd::TakenOver));
             }
         }
         self.commit(state, Before(Vec::new()), out);
-        Ok(Resumed::Call(call.id))
+        Ok(Resumed {
+            call: call.map(|c| c.id),
+            rooms,
+        })
     }
 
     /// Ends `user`'s session on `conn` (LOGOUT). Their call ends.
@@ -230,22 +243,23 @@ impl Hub {
 
     /// Clean-up when a connection closes. A no-op if `conn` no longer holds the
     /// session (it was taken over, or the user logged out). A resumable session
-    /// in a call is held for the grace period instead of ended.
+    /// in a call or a room is held for the grace period instead of ended.
     pub fn disconnect(&self, conn: ConnId, user: UserId) {
         let mut state = lock(&self.state);
         if state.check_session(conn, user).is_err() {
             return;
         }
-        let held_call = state
-            .calls
-            .call_of(user)
-            .copied()
-            .filter(|_| !state.stopping && !self.hold.grace.is_zero());
+        let call = state.calls.call_of(user).copied();
+        let in_rooms = state.rooms.is_in_any(user);
         let resumable = state.online.get(&user).is_some_and(|s| s.kind.resumable);
-        let (Some(call), true) = (held_call, resumable) else {
+        let hold = resumable
+            && (call.is_some() || in_rooms)
+            && !state.stopping
+            && !self.hold.grace.is_zero();
+        if !hold {
             self.remove_session(state, user, Departure::Disconnected);
             return;
-        };
+        }
         let until = Instant::now() + self.hold.grace;
         // Nothing is routed to the closed connection: the gap keeps it instead.
         self.delivery.detach(user, conn);
@@ -261,22 +275,26 @@ impl Hub {
         self.timer_wake.notify_one();
         Metrics::count(&self.metrics.calls_held);
         info!(
-            "call held for a resume user_id={} call_id={} grace_ms={}",
+            "session held for a resume user_id={} call_id={} in_rooms={} grace_ms={}",
             user,
-            call.id,
+            call.map_or_else(|| "-".to_string(), |c| c.id.to_string()),
+            in_rooms,
             self.hold.grace.as_millis()
         );
-        let peer = call.peer_of(user);
         let mut out = Outgoing::default();
-        if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
-            let notice = Notice::PeerStatus {
-                call_id: call.id,
-                peer: state.party(user),
-                reconnecting: true,
-                grace_ms: self.hold.grace.as_millis() as u64,
-            };
-            state.tell(peer, notice, &mut out, &self.hold);
+        if let Some(call) = call {
+            let peer = call.peer_of(user);
+            if state.online.get(&peer).is_some_and(|s| s.kind.v2) {
+                let notice = Notice::PeerStatus {
+                    call_id: call.id,
+                    peer: state.party(user),
+                    reconnecting: true,
+                    grace_ms: self.hold.grace.as_millis() as u64,
+                };
+                state.tell(peer, notice, &mut out, &self.hold);
+            }
         }
+        self.room_peer_status(&mut state, user, true, &mut out);
         self.commit(state, Before(Vec::new()), out);
     }
 

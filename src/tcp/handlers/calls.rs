@@ -20,25 +20,28 @@ impl Connection {
                 hub.answer(conn, user, call_id(&r.call_id)?, r.accepted)?;
                 Ok(None)
             }
-            Request::SdpOffer(m) => self.relay(user, &m.call_id, &m.to_user_id, |call_id, to| {
-                Signal::Offer {
-                    call_id,
+            Request::SdpOffer(m) => {
+                let target = Target::of(m.call_id.as_deref(), m.room_id.as_deref())?;
+                self.relay(user, target, &m.to_user_id, |scope, to| Signal::Offer {
+                    scope,
                     from: user,
                     to,
                     sdp: m.sdp,
-                }
-            }),
-            Request::SdpAnswer(m) => self.relay(user, &m.call_id, &m.to_user_id, |call_id, to| {
-                Signal::Answer {
-                    call_id,
+                })
+            }
+            Request::SdpAnswer(m) => {
+                let target = Target::of(m.call_id.as_deref(), m.room_id.as_deref())?;
+                self.relay(user, target, &m.to_user_id, |scope, to| Signal::Answer {
+                    scope,
                     from: user,
                     to,
                     sdp: m.sdp,
-                }
-            }),
+                })
+            }
             Request::IceCandidate(m) => {
-                self.relay(user, &m.call_id, &m.to_user_id, |call_id, to| Signal::Ice {
-                    call_id,
+                let target = Target::of(m.call_id.as_deref(), m.room_id.as_deref())?;
+                self.relay(user, target, &m.to_user_id, |scope, to| Signal::Ice {
+                    scope,
                     from: user,
                     to,
                     candidate: m.candidate,
@@ -58,27 +61,59 @@ impl Connection {
         }
     }
 
-    /// SDP_OFFER, SDP_ANSWER, ICE_CANDIDATE: relayed to the peer of the call
-    /// (`signal` builds the relayed message once the peer is known), answered
-    /// only on failure.
+    /// SDP_OFFER, SDP_ANSWER, ICE_CANDIDATE: relayed to the peer of the call,
+    /// or to `to_user_id` inside a room (`signal` builds the relayed message
+    /// once the peer is known), answered only on failure.
     fn relay(
         &self,
         user: UserId,
-        call: &str,
+        target: Target,
         to_user_id: &str,
-        signal: impl FnOnce(CallId, UserId) -> Signal,
+        signal: impl FnOnce(Scope, UserId) -> Signal,
     ) -> Reply {
-        let id = call_id(call)?;
-        self.shared
-            .hub
-            .relay(self.id, user, id, named_peer(to_user_id)?, |to| {
-                signal(id, to)
-            })?;
+        let hub = &self.shared.hub;
+        match target {
+            Target::Call(id) => {
+                hub.relay(self.id, user, id, named_peer(to_user_id)?, |to| {
+                    signal(Scope::Call(id), to)
+                })?;
+            }
+            Target::Room(id) => {
+                let to = named_peer(to_user_id)?.ok_or_else(|| {
+                    AppError::BadRequest("to_user_id is required in a room".into())
+                })?;
+                hub.room_relay(self.id, user, id, to, || signal(Scope::Room(id), to))?;
+            }
+        }
         self.relayed();
         Ok(None)
     }
 
     pub(super) fn relayed(&self) {
         self.shared.metrics.relay_time.observe(self.frame_age());
+    }
+}
+
+/// Where a relayed frame goes: exactly one of `call_id` and `room_id`.
+enum Target {
+    Call(CallId),
+    Room(RoomId),
+}
+
+impl Target {
+    fn of(call: Option<&str>, room: Option<&str>) -> Result<Target, AppError> {
+        match (
+            call.filter(|c| !c.is_empty()),
+            room.filter(|r| !r.is_empty()),
+        ) {
+            (Some(call), None) => Ok(Target::Call(call_id(call)?)),
+            (None, Some(room)) => Ok(Target::Room(room_id(room)?)),
+            (Some(_), Some(_)) => Err(AppError::BadRequest(
+                "send call_id or room_id, not both".into(),
+            )),
+            (None, None) => Err(AppError::BadRequest(
+                "call_id or room_id is required".into(),
+            )),
+        }
     }
 }

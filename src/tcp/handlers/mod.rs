@@ -22,12 +22,13 @@ use super::connection::{Connection, LoginState};
 use super::frame;
 use super::message::{
     AccountDelete, AuthResponse, Capability, Credentials, GuestLogin, Heartbeat, Hello,
-    IceServerEntry, IceServerList, LogoutResponse, MessageType, PasswordChange, ReqId, Request,
-    Resume, ServerMessage, SessionOutcome, UserEntryView, UserListView, Welcome,
+    IceServerEntry, IceServerList, InboxAcked, LogoutResponse, MessageType, PasswordChange, ReqId,
+    Request, Resume, ServerMessage, SessionOutcome, UserEntryView, UserListView, Welcome,
 };
-use crate::application::hub::{Resumed, SessionKind};
+use crate::application::hub::SessionKind;
+use crate::application::ports::Scope;
 use crate::application::{AppError, IceServers, SessionEnd, Signal, UserRecord};
-use crate::domain::{CallId, UserId, guest_name, validate_username};
+use crate::domain::{CallId, RoomId, UserId, guest_name, validate_username};
 use crate::metrics::Metrics;
 
 /// The highest protocol version this server speaks.
@@ -41,6 +42,8 @@ const CAPABILITIES: &[&str] = &[
     "guest",
     "password_change",
     "account_delete",
+    "rooms",
+    "inbox",
 ];
 
 /// Room left in a relayed frame for the ids the server writes into it.
@@ -51,6 +54,10 @@ type Reply = Result<Option<ServerMessage>, AppError>;
 
 fn call_id(text: &str) -> Result<CallId, AppError> {
     CallId::parse(text).ok_or_else(|| AppError::NotFound("no such call".into()))
+}
+
+fn room_id(text: &str) -> Result<RoomId, AppError> {
+    RoomId::parse(text).ok_or_else(|| AppError::NotFound("no such room".into()))
 }
 
 /// The peer a client named in `to_user_id`; empty means "not said".
@@ -66,6 +73,9 @@ fn named_peer(text: &str) -> Result<Option<UserId>, AppError> {
 mod auth;
 mod calls;
 mod presence;
+mod rooms;
+
+pub(crate) use rooms::room_view;
 mod sessions;
 
 use auth::*;
@@ -94,13 +104,20 @@ impl Connection {
             Capability::Presence => self.presence(user, request),
             Capability::Calls => self.calls(user, request),
             Capability::Sessions => self.sessions(user, request),
+            Capability::Rooms => self.rooms(user, request),
         };
         self.answer(answer, req_id);
     }
 
     fn answer(&mut self, answer: Reply, req_id: Option<ReqId>) {
         match answer {
-            Ok(Some(message)) => self.reply(&message),
+            Ok(Some(message)) => {
+                self.reply(&message);
+                let logged_in = matches!(&message, ServerMessage::LoginResponse(r) if r.success);
+                if logged_in {
+                    self.deliver_inbox();
+                }
+            }
             Ok(None) => {}
             Err(err) => self.reply_error(err, req_id),
         }
@@ -108,6 +125,17 @@ impl Connection {
 
     fn v2(&self) -> bool {
         self.protocol >= 2
+    }
+
+    /// After a protocol 2 login: what waits in the user's offline inbox,
+    /// right behind LOGIN_RESPONSE on this connection's own buffer.
+    fn deliver_inbox(&mut self) {
+        let Some(user) = self.user().filter(|_| self.v2()) else {
+            return;
+        };
+        for notice in self.shared.hub.inbox_notices(user) {
+            self.reply(&super::outbox::notice_message(notice));
+        }
     }
 }
 

@@ -46,6 +46,20 @@ impl Connection {
                 hub.check_session(conn, user)?;
                 self.change_password(user, p).map(Some)
             }
+            Request::InboxAck(a) => {
+                let user = user.ok_or(AppError::LoginRequired)?;
+                if !self.v2() {
+                    return Err(AppError::BadRequest(
+                        "the inbox needs protocol 2; send HELLO first".into(),
+                    ));
+                }
+                let removed = hub.inbox_ack(conn, user, a.through)?;
+                Ok(Some(ServerMessage::InboxAckResponse(InboxAcked {
+                    success: true,
+                    removed,
+                    req_id: a.req_id,
+                })))
+            }
             Request::AccountDelete(d) => {
                 let user = user.ok_or(AppError::LoginRequired)?;
                 hub.check_session(conn, user)?;
@@ -127,10 +141,7 @@ impl Connection {
         }
         self.protocol = self.protocol.max(PROTOCOL_VERSION);
         Metrics::count(&self.shared.metrics.resumes);
-        let call = match resumed {
-            Resumed::Call(id) => Some(id.to_string()),
-            Resumed::Fresh => None,
-        };
+        let call = resumed.call.map(|id| id.to_string());
         info!(
             "resume conn={} user_id={} username={} call={}",
             self.id,
@@ -140,6 +151,9 @@ impl Connection {
         );
         let mut response = self.logged_in(&user, r.req_id);
         response.call_id = call;
+        if !resumed.rooms.is_empty() {
+            response.room_ids = Some(resumed.rooms.iter().map(ToString::to_string).collect());
+        }
         Ok(ServerMessage::LoginResponse(response))
     }
 

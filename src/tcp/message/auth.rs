@@ -66,6 +66,9 @@ pub struct AuthResponse {
     /// RESUME_REQUEST kept this call going.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_id: Option<String>,
+    /// RESUME_REQUEST kept the user in these rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_ids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ice_servers: Option<Vec<IceServerEntry>>,
     /// Seconds the TURN credentials in `ice_servers` stay valid.

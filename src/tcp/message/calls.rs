@@ -20,10 +20,14 @@ pub struct CallResponse {
 }
 
 /// SDP_OFFER and SDP_ANSWER, both directions. From a client, `from_user_id` is
-/// ignored (the server writes the sender) and `to_user_id` is optional.
+/// ignored (the server writes the sender) and `to_user_id` is optional in a
+/// call, required in a room. Exactly one of `call_id` and `room_id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sdp {
-    pub call_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
     #[serde(default, deserialize_with = "lenient_id")]
     pub from_user_id: String,
     #[serde(default, deserialize_with = "lenient_id")]
@@ -35,7 +39,10 @@ pub struct Sdp {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidate {
-    pub call_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
     #[serde(default, deserialize_with = "lenient_id")]
     pub from_user_id: String,
     #[serde(default, deserialize_with = "lenient_id")]

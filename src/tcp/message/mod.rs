@@ -17,11 +17,13 @@ use super::frame;
 mod auth;
 mod calls;
 mod presence;
+mod rooms;
 mod sessions;
 
 pub use auth::*;
 pub use calls::*;
 pub use presence::*;
+pub use rooms::*;
 pub use sessions::*;
 
 macro_rules! message_types {
@@ -87,6 +89,41 @@ message_types! {
     PasswordChangeResponse = 0x1F, "PASSWORD_CHANGE_RESPONSE";
     AccountDeleteRequest = 0x20, "ACCOUNT_DELETE_REQUEST";
     AccountDeleteResponse = 0x21, "ACCOUNT_DELETE_RESPONSE";
+    RoomCreateRequest = 0x22, "ROOM_CREATE_REQUEST";
+    RoomCreateResponse = 0x23, "ROOM_CREATE_RESPONSE";
+    RoomListRequest = 0x24, "ROOM_LIST_REQUEST";
+    RoomListResponse = 0x25, "ROOM_LIST_RESPONSE";
+    RoomJoinRequest = 0x26, "ROOM_JOIN_REQUEST";
+    RoomJoinResponse = 0x27, "ROOM_JOIN_RESPONSE";
+    RoomPeerJoined = 0x28, "ROOM_PEER_JOINED";
+    RoomLeaveRequest = 0x29, "ROOM_LEAVE_REQUEST";
+    RoomLeaveResponse = 0x2A, "ROOM_LEAVE_RESPONSE";
+    RoomPeerLeft = 0x2B, "ROOM_PEER_LEFT";
+    RoomInviteRequest = 0x2C, "ROOM_INVITE_REQUEST";
+    RoomInviteResponse = 0x2D, "ROOM_INVITE_RESPONSE";
+    RoomInvitation = 0x2E, "ROOM_INVITATION";
+    RoomKnockRequest = 0x2F, "ROOM_KNOCK_REQUEST";
+    RoomKnockResponse = 0x30, "ROOM_KNOCK_RESPONSE";
+    RoomKnock = 0x31, "ROOM_KNOCK";
+    RoomKnockDeny = 0x32, "ROOM_KNOCK_DENY";
+    RoomKnockDenyResponse = 0x33, "ROOM_KNOCK_DENY_RESPONSE";
+    RoomKickRequest = 0x34, "ROOM_KICK_REQUEST";
+    RoomKickResponse = 0x35, "ROOM_KICK_RESPONSE";
+    RoomUpdateRequest = 0x36, "ROOM_UPDATE_REQUEST";
+    RoomUpdateResponse = 0x37, "ROOM_UPDATE_RESPONSE";
+    RoomUpdated = 0x38, "ROOM_UPDATED";
+    RoomDeleteRequest = 0x39, "ROOM_DELETE_REQUEST";
+    RoomDeleteResponse = 0x3A, "ROOM_DELETE_RESPONSE";
+    RoomDeleted = 0x3B, "ROOM_DELETED";
+    RoomMessageRequest = 0x3C, "ROOM_MESSAGE_REQUEST";
+    RoomMessageResponse = 0x3D, "ROOM_MESSAGE_RESPONSE";
+    RoomMessage = 0x3E, "ROOM_MESSAGE";
+    RoomHistoryRequest = 0x3F, "ROOM_HISTORY_REQUEST";
+    RoomHistoryResponse = 0x40, "ROOM_HISTORY_RESPONSE";
+    RoomEventsRequest = 0x41, "ROOM_EVENTS_REQUEST";
+    RoomEventsResponse = 0x42, "ROOM_EVENTS_RESPONSE";
+    InboxAckRequest = 0x78, "INBOX_ACK_REQUEST";
+    InboxAckResponse = 0x79, "INBOX_ACK_RESPONSE";
 }
 
 impl MessageType {
@@ -240,8 +277,10 @@ pub enum Capability {
     Presence,
     /// Calls and the SDP/ICE relay.
     Calls,
-    /// Protocol 2 sessions, guests, ICE servers, accounts.
+    /// Protocol 2 sessions, guests, ICE servers, accounts, the inbox.
     Sessions,
+    /// Rooms (protocol 2).
+    Rooms,
 }
 
 /// The requests, generated from one table: each line names the variant, its
@@ -301,6 +340,20 @@ requests! {
     IceServers(Empty) = IceServersRequest, Sessions, false;
     PasswordChange(PasswordChange) = PasswordChangeRequest, Sessions, false;
     AccountDelete(AccountDelete) = AccountDeleteRequest, Sessions, false;
+    InboxAck(InboxAck) = InboxAckRequest, Sessions, false;
+    RoomCreate(RoomSpec) = RoomCreateRequest, Rooms, false;
+    RoomList(Empty) = RoomListRequest, Rooms, false;
+    RoomJoin(RoomJoin) = RoomJoinRequest, Rooms, false;
+    RoomLeave(RoomRef) = RoomLeaveRequest, Rooms, false;
+    RoomInvite(RoomInvite) = RoomInviteRequest, Rooms, false;
+    RoomKnock(RoomKnockRequest) = RoomKnockRequest, Rooms, false;
+    RoomKnockDeny(RoomMember) = RoomKnockDeny, Rooms, false;
+    RoomKick(RoomKick) = RoomKickRequest, Rooms, false;
+    RoomUpdate(RoomSpec) = RoomUpdateRequest, Rooms, false;
+    RoomDelete(RoomRef) = RoomDeleteRequest, Rooms, false;
+    RoomMessage(RoomPost) = RoomMessageRequest, Rooms, false;
+    RoomHistory(RoomHistoryRequest) = RoomHistoryRequest, Rooms, false;
+    RoomEvents(RoomEventsRequest) = RoomEventsRequest, Rooms, false;
 }
 
 direction! {
@@ -326,6 +379,28 @@ direction! {
         PeerStatus(PeerStatus) = PeerStatus,
         PasswordChangeResponse(SessionOutcome) = PasswordChangeResponse,
         AccountDeleteResponse(SessionOutcome) = AccountDeleteResponse,
+        InboxAckResponse(InboxAcked) = InboxAckResponse,
+        RoomCreateResponse(RoomCreated) = RoomCreateResponse,
+        RoomListResponse(RoomList) = RoomListResponse,
+        RoomJoinResponse(RoomJoined) = RoomJoinResponse,
+        RoomPeerJoined(RoomPeerJoined) = RoomPeerJoined,
+        RoomLeaveResponse(RoomDone) = RoomLeaveResponse,
+        RoomPeerLeft(RoomPeerLeft) = RoomPeerLeft,
+        RoomInviteResponse(RoomInvited) = RoomInviteResponse,
+        RoomInvitation(RoomInvitation) = RoomInvitation,
+        RoomKnockResponse(RoomDone) = RoomKnockResponse,
+        RoomKnock(RoomKnock) = RoomKnock,
+        RoomKnockDeny(RoomMember) = RoomKnockDeny,
+        RoomKnockDenyResponse(RoomMember) = RoomKnockDenyResponse,
+        RoomKickResponse(RoomMember) = RoomKickResponse,
+        RoomUpdateResponse(RoomUpdated) = RoomUpdateResponse,
+        RoomUpdated(RoomUpdated) = RoomUpdated,
+        RoomDeleteResponse(RoomDone) = RoomDeleteResponse,
+        RoomDeleted(RoomDeleted) = RoomDeleted,
+        RoomMessageResponse(RoomPosted) = RoomMessageResponse,
+        RoomMessage(RoomChat) = RoomMessage,
+        RoomHistoryResponse(RoomHistory) = RoomHistoryResponse,
+        RoomEventsResponse(RoomEvents) = RoomEventsResponse,
     }
 }
 
@@ -405,7 +480,8 @@ mod tests {
 
     fn sdp() -> Sdp {
         Sdp {
-            call_id: "9".into(),
+            call_id: Some("9".into()),
+            room_id: None,
             from_user_id: "1".into(),
             to_user_id: "2".into(),
             sdp: "v=0\r\no=- \"q\" \\ é\r\n".into(),
@@ -415,7 +491,8 @@ mod tests {
 
     fn ice() -> IceCandidate {
         IceCandidate {
-            call_id: "9".into(),
+            call_id: Some("9".into()),
+            room_id: None,
             from_user_id: "1".into(),
             to_user_id: "2".into(),
             candidate: "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host".into(),
@@ -585,7 +662,8 @@ mod tests {
                 req_id: None,
             }),
             ServerMessage::PeerStatus(PeerStatus {
-                call_id: "9".into(),
+                call_id: Some("9".into()),
+                room_id: None,
                 peer_user_id: "2".into(),
                 peer_username: "bob".into(),
                 status: "reconnecting".into(),
@@ -639,7 +717,7 @@ mod tests {
     #[test]
     fn decode_errors_name_the_problem() {
         let err = |kind: u8, payload: &str| Request::decode(kind, payload.as_bytes()).unwrap_err();
-        assert_eq!(err(0x42, "{}").message, "unknown message type 0x42");
+        assert_eq!(err(0x90, "{}").message, "unknown message type 0x90");
         assert!(
             err(0x08, "{")
                 .message
@@ -763,9 +841,11 @@ mod tests {
     /// and code, and names resolve back.
     #[test]
     fn the_registry_covers_every_type_without_gaps() {
-        assert_eq!(MessageType::ALL.len(), 0x21);
+        // 0x01-0x42 without a gap, then the inbox's 0x78-0x79.
+        assert_eq!(MessageType::ALL.len(), 0x42 + 2);
         for (i, t) in MessageType::ALL.iter().enumerate() {
-            assert_eq!(t.code() as usize, i + 1);
+            let expected = if i < 0x42 { i + 1 } else { 0x78 + i - 0x42 };
+            assert_eq!(t.code() as usize, expected);
             assert_eq!(MessageType::from_code(t.code()), Some(*t));
             assert_eq!(MessageType::from_name(&t.name().to_lowercase()), Some(*t));
         }

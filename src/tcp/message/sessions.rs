@@ -100,7 +100,10 @@ pub struct IceServerList {
 /// (`"reconnecting"`, held for `grace_ms`) or came back (`"reconnected"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
-    pub call_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
     pub peer_user_id: String,
     pub peer_username: String,
     pub status: String,
