@@ -77,6 +77,19 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "turn_credential_ttl_secs",
         ],
     ),
+    (
+        "rooms",
+        &[
+            "default_participants",
+            "max_participants",
+            "max_rooms_per_owner",
+            "history_per_room",
+            "events_per_room",
+            "max_text_bytes",
+            "max_invitations_per_room",
+            "knocks_per_minute",
+        ],
+    ),
 ];
 
 /// Keys of the RoomRTC reference server's configuration that Switchboard does

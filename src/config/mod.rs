@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::domain::RoomLimits;
 use crate::domain::limits::Cidr;
 use crate::tcp::TlsIdentity;
 
@@ -97,6 +98,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
     pub webrtc: WebrtcConfig,
+    /// `rooms.*`: room capacity, history and per-user room limits.
+    pub rooms: RoomLimits,
 }
 
 /// `sessions.*` and `guests.*`: protocol 2 session tokens, held calls, guests.
@@ -206,6 +209,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sessions: SessionsConfig::default(),
             webrtc: WebrtcConfig::default(),
+            rooms: RoomLimits::default(),
         }
     }
 }
@@ -241,6 +245,21 @@ struct File {
     sessions: SessionsSection,
     guests: GuestsSection,
     webrtc: WebrtcSection,
+    rooms: RoomsSection,
+}
+
+/// `rooms.*`, each read as any JSON integer 0 or more and range-checked in
+/// [`resolve_rooms`], so an out-of-range value gets the key's own range.
+#[derive(Debug, Default)]
+struct RoomsSection {
+    default_participants: Option<u64>,
+    max_participants: Option<u64>,
+    max_rooms_per_owner: Option<u64>,
+    history_per_room: Option<u64>,
+    events_per_room: Option<u64>,
+    max_text_bytes: Option<u64>,
+    max_invitations_per_room: Option<u64>,
+    knocks_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -505,6 +524,23 @@ impl Config {
                 "webrtc.turn_credential_ttl_secs = {}",
                 secs(self.webrtc.turn_credential_ttl)
             ),
+            format!(
+                "rooms.default_participants = {}",
+                self.rooms.default_participants
+            ),
+            format!("rooms.max_participants = {}", self.rooms.max_participants),
+            format!(
+                "rooms.max_rooms_per_owner = {}",
+                self.rooms.max_rooms_per_owner
+            ),
+            format!("rooms.history_per_room = {}", self.rooms.history_per_room),
+            format!("rooms.events_per_room = {}", self.rooms.events_per_room),
+            format!("rooms.max_text_bytes = {}", self.rooms.max_text_bytes),
+            format!(
+                "rooms.max_invitations_per_room = {}",
+                self.rooms.max_invitations_per_room
+            ),
+            format!("rooms.knocks_per_minute = {}", self.rooms.knocks_per_minute),
         ];
         lines.join("\n")
     }
@@ -601,6 +637,16 @@ fn read_file(doc: &keys::Doc<'_>) -> Result<File, ConfigError> {
             turn_servers: doc.strings("webrtc.turn_servers")?,
             turn_secret: doc.string("webrtc.turn_secret")?,
             turn_credential_ttl_secs: doc.number("webrtc.turn_credential_ttl_secs")?,
+        },
+        rooms: RoomsSection {
+            default_participants: doc.integer("rooms.default_participants", ANY)?,
+            max_participants: doc.integer("rooms.max_participants", ANY)?,
+            max_rooms_per_owner: doc.integer("rooms.max_rooms_per_owner", ANY)?,
+            history_per_room: doc.integer("rooms.history_per_room", ANY)?,
+            events_per_room: doc.integer("rooms.events_per_room", ANY)?,
+            max_text_bytes: doc.integer("rooms.max_text_bytes", ANY)?,
+            max_invitations_per_room: doc.integer("rooms.max_invitations_per_room", ANY)?,
+            knocks_per_minute: doc.integer("rooms.knocks_per_minute", ANY)?,
         },
     })
 }
@@ -830,6 +876,7 @@ fn resolve(
             sessions
         },
         webrtc: resolve_webrtc(file.webrtc, &env)?,
+        rooms: resolve_rooms(&file.rooms)?,
     })
 }
 
@@ -1022,6 +1069,98 @@ fn resolve_limits(l: LimitsSection) -> Result<LimitsConfig, ConfigError> {
     Ok(limits)
 }
 
+/// `value` (or `default` when absent) if it lies in `low..=high`; otherwise an
+/// error naming `key` and the range.
+fn in_range<T: TryFrom<u64>>(
+    key: &str,
+    value: Option<u64>,
+    default: T,
+    low: u64,
+    high: u64,
+) -> Result<T, ConfigError> {
+    let Some(n) = value else {
+        return Ok(default);
+    };
+    let out_of_range =
+        || ConfigError::at(key, format!("must be between {low} and {high} (got {n})"));
+    if !(low..=high).contains(&n) {
+        return Err(out_of_range());
+    }
+    T::try_from(n).map_err(|_| out_of_range())
+}
+
+fn resolve_rooms(r: &RoomsSection) -> Result<RoomLimits, ConfigError> {
+    let d = RoomLimits::default();
+    let rooms = RoomLimits {
+        default_participants: in_range(
+            "rooms.default_participants",
+            r.default_participants,
+            d.default_participants,
+            2,
+            64,
+        )?,
+        max_participants: in_range(
+            "rooms.max_participants",
+            r.max_participants,
+            d.max_participants,
+            2,
+            64,
+        )?,
+        max_rooms_per_owner: in_range(
+            "rooms.max_rooms_per_owner",
+            r.max_rooms_per_owner,
+            d.max_rooms_per_owner,
+            1,
+            10_000,
+        )?,
+        history_per_room: in_range(
+            "rooms.history_per_room",
+            r.history_per_room,
+            d.history_per_room,
+            1,
+            10_000_000,
+        )?,
+        events_per_room: in_range(
+            "rooms.events_per_room",
+            r.events_per_room,
+            d.events_per_room,
+            1,
+            1_000_000,
+        )?,
+        max_text_bytes: in_range(
+            "rooms.max_text_bytes",
+            r.max_text_bytes,
+            d.max_text_bytes,
+            1,
+            65_536,
+        )?,
+        max_invitations_per_room: in_range(
+            "rooms.max_invitations_per_room",
+            r.max_invitations_per_room,
+            d.max_invitations_per_room,
+            1,
+            100_000,
+        )?,
+        knocks_per_minute: in_range(
+            "rooms.knocks_per_minute",
+            r.knocks_per_minute,
+            d.knocks_per_minute,
+            1,
+            10_000,
+        )?,
+    };
+    if rooms.default_participants > rooms.max_participants {
+        return Err(ConfigError::at(
+            "rooms.default_participants",
+            format!(
+                "must not be more than rooms.max_participants ({}), got {}",
+                rooms.max_participants, rooms.default_participants
+            ),
+        ));
+    }
+    Ok(rooms)
+}
+
 /// `--pkcs12` or `--cert` on the command line means "serve TLS".
 fn cli_gave_identity(cli: &Overrides) -> bool {
     cli.pkcs12_path.is_some() || cli.cert_path.is_some()
@@ -1099,6 +1238,126 @@ mod tests {
         assert_eq!(c.webrtc.turn_servers.len(), 1);
         assert_eq!(c.sessions, SessionsConfig::default());
         assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.rooms, RoomLimits::default());
+    }
+
+    /// rooms.*: the defaults of RoomLimits when absent; values read; a value
+    /// out of its range, or a default above the maximum, refused naming the key.
+    #[test]
+    fn room_keys() {
+        let c = load("{}", Overrides::default()).unwrap().config;
+        assert_eq!(c.rooms, RoomLimits::default());
+        assert_eq!(
+            (c.rooms.default_participants, c.rooms.max_participants),
+            (8, 16)
+        );
+        let c = load(r#"{"rooms":{}}"#, Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.rooms, RoomLimits::default());
+
+        let json = r#"{"rooms":{"default_participants":4,"max_participants":64,"max_rooms_per_owner":1,
+            "history_per_room":10000000,"events_per_room":1,"max_text_bytes":65536,
+            "max_invitations_per_room":100000,"knocks_per_minute":10000}}"#;
+        let c = load(json, Overrides::default()).unwrap().config;
+        assert_eq!(
+            c.rooms,
+            RoomLimits {
+                default_participants: 4,
+                max_participants: 64,
+                max_rooms_per_owner: 1,
+                history_per_room: 10_000_000,
+                events_per_room: 1,
+                max_text_bytes: 65_536,
+                max_invitations_per_room: 100_000,
+                knocks_per_minute: 10_000,
+            }
+        );
+        let described = c.describe_non_default();
+        assert!(
+            described.contains("rooms.default_participants = 4\n")
+                && described.ends_with("rooms.knocks_per_minute = 10000"),
+            "{described}"
+        );
+        // Only max_participants given: the default of 8 still fits.
+        let c = load(r#"{"rooms":{"max_participants":8}}"#, Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(
+            (c.rooms.default_participants, c.rooms.max_participants),
+            (8, 8)
+        );
+
+        for (json, key) in [
+            (
+                r#"{"rooms":{"default_participants":1}}"#,
+                "rooms.default_participants",
+            ),
+            (
+                r#"{"rooms":{"max_participants":65}}"#,
+                "rooms.max_participants",
+            ),
+            (
+                r#"{"rooms":{"max_rooms_per_owner":0}}"#,
+                "rooms.max_rooms_per_owner",
+            ),
+            (
+                r#"{"rooms":{"history_per_room":10000001}}"#,
+                "rooms.history_per_room",
+            ),
+            (
+                r#"{"rooms":{"events_per_room":0}}"#,
+                "rooms.events_per_room",
+            ),
+            (
+                r#"{"rooms":{"max_text_bytes":65537}}"#,
+                "rooms.max_text_bytes",
+            ),
+            (
+                r#"{"rooms":{"max_invitations_per_room":0}}"#,
+                "rooms.max_invitations_per_room",
+            ),
+            (
+                r#"{"rooms":{"knocks_per_minute":10001}}"#,
+                "rooms.knocks_per_minute",
+            ),
+            (
+                r#"{"rooms":{"knocks_per_minute":-1}}"#,
+                "rooms.knocks_per_minute",
+            ),
+            (
+                r#"{"rooms":{"max_text_bytes":"4000"}}"#,
+                "rooms.max_text_bytes",
+            ),
+            (
+                r#"{"rooms":{"max_participants":18446744073709551615}}"#,
+                "rooms.max_participants",
+            ),
+        ] {
+            let err = load(json, Overrides::default()).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{json}: {err}");
+        }
+        assert_eq!(
+            message(r#"{"rooms":{"max_participants":100}}"#),
+            "rooms.max_participants: must be between 2 and 64 (got 100)"
+        );
+        assert_eq!(
+            message(r#"{"rooms":{"max_text_bytes":0}}"#),
+            "rooms.max_text_bytes: must be between 1 and 65536 (got 0)"
+        );
+        // The default above the maximum: both keys named.
+        assert_eq!(
+            message(r#"{"rooms":{"max_participants":4}}"#),
+            "rooms.default_participants: must not be more than rooms.max_participants (4), got 8"
+        );
+        assert_eq!(
+            message(r#"{"rooms":{"default_participants":20,"max_participants":10}}"#),
+            "rooms.default_participants: must not be more than rooms.max_participants (10), got 20"
+        );
+        assert_eq!(
+            message(r#"{"rooms":{"max_participant":10}}"#),
+            "unknown key rooms.max_participant; did you mean rooms.max_participants?"
+        );
     }
 
     /// Sessions, guests and webrtc keys: defaults, values, and refusals that
