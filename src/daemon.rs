@@ -377,7 +377,7 @@ pub fn settings(config: &Config, tls: Option<TlsAcceptor>) -> Settings {
             turn_secret: config.webrtc.turn_secret.clone(),
             credential_ttl_secs: config.webrtc.turn_credential_ttl.as_secs().max(1),
         },
-        rooms: crate::domain::RoomLimits::default(),
+        rooms: config.rooms,
     }
 }
 

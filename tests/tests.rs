@@ -19,5 +19,6 @@ mod operations;
 mod persistence;
 mod protocol;
 mod resume;
+mod rooms;
 mod sessions;
 mod tls;

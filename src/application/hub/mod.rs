@@ -69,7 +69,6 @@ pub use rooms::{Joined, LogLine, LogPage, MAX_PAGE, RoomChanges, RoomStores, roo
 
 use presence::PendingPresence;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,9 +80,7 @@ use super::ports::{
 };
 use crate::domain::call::Answered;
 use crate::domain::user::username_key;
-use crate::domain::{
-    CallBook, CallId, EndReason, Ended, GUEST_ID_BASE, RoomId, RoomLimits, UserId, UserState,
-};
+use crate::domain::{CallBook, CallId, EndReason, Ended, RoomId, RoomLimits, UserId, UserState};
 use crate::metrics::Metrics;
 
 /// What a session's client understands and how long the session may last.
@@ -375,8 +372,6 @@ pub struct Hub {
     users: Arc<dyn UserStore>,
     ringing_timeout: Duration,
     hold: HoldLimits,
-    /// The next guest id.
-    next_guest: AtomicU64,
     rooms: rooms::Rooms,
     metrics: Arc<Metrics>,
 }
@@ -428,9 +423,6 @@ impl Hub {
             users,
             ringing_timeout: settings.ringing_timeout,
             hold: settings.hold,
-            // Starting from the clock keeps ids of a restarted daemon's guests
-            // apart from the last run's.
-            next_guest: AtomicU64::new(GUEST_ID_BASE + first_call_id),
             rooms: rooms::Rooms::new(rooms.0, rooms.1),
             metrics,
         }

@@ -1718,6 +1718,11 @@ impl Hub {
         Ok(LogPage { lines, has_more })
     }
 
+    /// The id source rooms use (guests take theirs from it too).
+    pub(super) fn rooms_ids(&self) -> &Arc<dyn IdSource> {
+        &self.rooms.stores.ids
+    }
+
     /// The rooms `user` is in (for a RESUME's answer).
     pub fn rooms_of(&self, user: UserId) -> Vec<RoomId> {
         lock(&self.state).rooms.rooms_of(user)

@@ -2,6 +2,7 @@
 //! disconnects and the operator's end of a session.
 
 use super::*;
+use crate::application::store::IdKind;
 
 impl Hub {
     /// Makes `user` online on `conn`. An older session of the same user is ended
@@ -79,7 +80,13 @@ impl Hub {
         until: Instant,
         v2: bool,
     ) -> Result<UserRecord, AppError> {
-        let id = UserId(self.next_guest.fetch_add(1, Ordering::Relaxed));
+        // From the store, never reused after a restart (a cluster's store
+        // hands them out across nodes).
+        let id = self.rooms_ids().next(IdKind::Guest).map_err(|err| {
+            log::warn!("no guest id: {err}");
+            AppError::Internal("could not reserve a guest id; try again".into())
+        })?;
+        let id = UserId(id);
         let guest = UserRecord {
             id,
             username: name,
