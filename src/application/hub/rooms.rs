@@ -11,9 +11,10 @@
 //! two conversation logs. A durable write is never made under the state
 //! lock: a use case checks under the lock, releases it, writes, then applies
 //! the change under the lock again. A room record is written from a snapshot
-//! taken under the lock with the room's `version`; if the room changed
-//! meanwhile, the record is written again from the newer state, so the disk
-//! never keeps an older version than memory.
+//! taken under the lock with the room's `version` and the change applied;
+//! memory takes the change only if the version is unchanged, otherwise the
+//! record is written again from the newer state. So memory never holds
+//! settings the disk does not, and the disk never keeps an older version.
 //!
 //! # Chat order
 //! A message's `seq` comes from the conversation store when it is durable,
@@ -566,30 +567,6 @@ impl Hub {
         }
         if !attached.is_empty() {
             out.shared.push((attached, notice));
-        }
-    }
-
-    /// Writes `room`'s record from its current state, again if it changed
-    /// while being written, so the disk never keeps an older version.
-    fn save_room(&self, id: RoomId) -> Result<(), AppError> {
-        loop {
-            let (record, version) = {
-                let state = lock(&self.state);
-                let entry = state.rooms.entry(id)?;
-                (RoomRecord::of(&entry.room), entry.version)
-            };
-            let bytes = serde_json::to_vec(&record)
-                .map_err(|err| AppError::Internal(format!("cannot encode the room: {err}")))?;
-            self.rooms
-                .stores
-                .kv
-                .put(ROOMS, &room_key(id), &bytes)
-                .map_err(|err| storage_failed("could not store the room", &err))?;
-            let state = lock(&self.state);
-            match state.rooms.by_id.get(&id) {
-                Some(entry) if entry.version != version => continue,
-                _ => return Ok(()),
-            }
         }
     }
 
@@ -1423,15 +1400,12 @@ impl Hub {
             Some("") => Some(None),
             Some(password) => Some(Some(auth.hash_room_password(password)?)),
         };
-        {
-            let mut state = lock(&self.state);
-            let entry = state.rooms.entry_mut(id)?;
-            let s = &mut entry.room.settings;
-            if let Some(d) = changes.description {
-                s.description = d;
+        let apply = |s: &mut RoomSettings| {
+            if let Some(d) = &changes.description {
+                s.description.clone_from(d);
             }
-            if let Some(hash) = new_hash {
-                s.password_hash = hash;
+            if let Some(hash) = &new_hash {
+                s.password_hash.clone_from(hash);
             }
             if let Some(v) = changes.invite_only {
                 s.invite_only = v;
@@ -1442,12 +1416,33 @@ impl Hub {
             if let Some(v) = changes.members_invite {
                 s.members_invite = v;
             }
-            entry.version += 1;
+        };
+        // Disk first: the new record is written from a snapshot with the
+        // change applied, and memory takes it only if the room did not change
+        // meanwhile (otherwise again, from the newer state).
+        loop {
+            let (record, version) = {
+                let state = lock(&self.state);
+                let entry = state.rooms.entry(id)?;
+                let mut room = entry.room.clone();
+                apply(&mut room.settings);
+                (RoomRecord::of(&room), entry.version)
+            };
+            let bytes = serde_json::to_vec(&record)
+                .map_err(|err| AppError::Internal(format!("cannot encode the room: {err}")))?;
+            self.rooms
+                .stores
+                .kv
+                .put(ROOMS, &room_key(id), &bytes)
+                .map_err(|err| storage_failed("could not store the room", &err))?;
+            let mut state = lock(&self.state);
+            let entry = state.rooms.entry_mut(id)?;
+            if entry.version == version {
+                apply(&mut entry.room.settings);
+                entry.version += 1;
+                break;
+            }
         }
-        // Memory changed first, so a join racing the update already sees the
-        // new door; should the write fail, memory goes back to the disk's
-        // version at the next restart, and the owner is told it failed.
-        self.save_room(id)?;
         let mut state = lock(&self.state);
         let entry = state.rooms.entry(id)?;
         let shown = Arc::new(view(entry));
