@@ -3,8 +3,11 @@
 # drives it with switchboard-cli the way a shell script would: register, login,
 # users, ping, exit codes, then a whole call between two `session` processes fed
 # through named pipes, then protocol 2: a token file, RESUME, TOKEN_REFRESH, the
-# fallback to the password, a guest, and --protocol 1. Values come out of the
-# sessions' output with `switchboard-cli field`. Needs bash, grep, sed and stat.
+# fallback to the password, a guest, and --protocol 1, then a 3-party room
+# (password, the offer/answer/ICE mesh in the order the server assigns, chat,
+# history, leave). Values come out of the sessions' output with
+# `switchboard-cli field`, or into a session's next line with {{REQ_ID.PATH}}.
+# Needs bash, grep, sed and stat.
 #
 # Uses target/debug (or $CARGO_TARGET_DIR/debug) after `cargo build --locked --bins`;
 # SWITCHBOARD_PROFILE=release uses target/release (scripts/test.sh does);
@@ -39,7 +42,7 @@ passed=0
 
 cleanup() {
   local pid
-  exec 3>&- 4>&-
+  exec 3>&- 4>&- 5>&- 6>&- 7>&-
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -371,6 +374,175 @@ expect_run v1 0 '{"type":"LOGIN_RESPONSE","code":2,"payload":{"success":true,"us
 code=0
 field HANGUP call_id "$tmp/v1.out" >/dev/null || code=$?
 [[ "$code" == 1 ]] || fail "field without a match: exit code $code, expected 1" "$tmp/field.err"
+pass
+
+# --- a 3-party room: alice creates it with a password, bob and carol join with
+# it; every pair opens its connection with exactly one offer (the joiner offers to
+# those already in: create_offer), answer and ICE both ways; chat, history, leave.
+# Three sessions fed through named pipes (fds 5, 6, 7), each ending with its
+# ROOM_LEAVE_RESPONSE.
+cli register-carol register --username carol --password-file "$tmp/alice.pw"
+expect_run register-carol 0 "registered user_id=3 username=carol"
+mkfifo "$tmp/r-alice.in" "$tmp/r-bob.in" "$tmp/r-carol.in"
+exec 5<>"$tmp/r-alice.in" 6<>"$tmp/r-bob.in" 7<>"$tmp/r-carol.in"
+declare -A room_fd=([alice]=5 [bob]=6 [carol]=7) room_id_of=([alice]=1 [bob]=2 [carol]=3)
+room_pid=()
+for who in alice bob carol; do
+  pw="$tmp/alice.pw"
+  [[ "$who" == bob ]] && pw="$tmp/bob.pw"
+  "$cli_bin" --addr "$addr" --timeout 60 session --username "$who" --password-file "$pw" \
+    --until ROOM_LEAVE_RESPONSE <"$tmp/r-$who.in" >"$tmp/r-$who.out" 2>"$tmp/r-$who.err" \
+    3>&- 4>&- 5>&- 6>&- 7>&- &
+  room_pid+=("$!")
+  pids+=("$!")
+  expect_field "$tmp/r-$who.out" LOGIN_RESPONSE user_id "${room_id_of[$who]}"
+done
+# say WHO LINE: one command on WHO's session.
+say() {
+  echo "$2" >&"${room_fd[$1]}"
+}
+
+# alice creates the room and joins it in one go: the join names the create's answer.
+say alice '{"type":"ROOM_CREATE_REQUEST","name":"Weekly sync","password":"room-pw","req_id":"create"}'
+say alice '{"type":"ROOM_JOIN_REQUEST","room_id":"{{create.room_id}}","req_id":"join"}'
+room_id="$(field --wait --where req_id=create ROOM_CREATE_RESPONSE room_id "$tmp/r-alice.out")" ||
+  fail "alice's room was not created" "$tmp/r-alice.out" "$tmp/r-alice.err"
+[[ "$room_id" =~ ^[0-9]+$ ]] || fail "bad room_id: $room_id" "$tmp/r-alice.out"
+[[ "$(field --wait --where req_id=create ROOM_CREATE_RESPONSE room.has_password "$tmp/r-alice.out")" == true ]] ||
+  fail "the room has no password" "$tmp/r-alice.out"
+[[ "$(field --wait --where req_id=join ROOM_JOIN_RESPONSE participants "$tmp/r-alice.out")" == "[]" ]] ||
+  fail "alice did not join an empty room" "$tmp/r-alice.out" "$tmp/r-alice.err"
+pass
+
+# A wrong password is refused (401); the session goes on.
+say bob "{\"type\":\"ROOM_JOIN_REQUEST\",\"room_id\":$room_id,\"password\":\"guess\",\"req_id\":\"bad\"}"
+[[ "$(field --wait --where req_id=bad ERROR code "$tmp/r-bob.out")" == 401 ]] ||
+  fail "a wrong room password was not refused with 401" "$tmp/r-bob.out"
+pass
+
+sdp_of() { # sdp_of KIND FROM TO: an SDP body naming who sent it to whom
+  echo "v=0\\r\\no=$2 1 1 IN IP4 127.0.0.1\\r\\ns=$1 $2 to $3\\r\\n"
+}
+# mesh_join WHO: WHO joins with the password, checks that it must offer to
+# everyone already in (and that each of them was told to wait), and opens each
+# pair: offer, answer, one ICE candidate each way, every relayed frame checked
+# whole (stamped with from_user_id).
+mesh_join() {
+  local who="$1" me="${room_id_of[$1]}" n i peer peer_id offer answer cand
+  say "$who" "{\"type\":\"ROOM_JOIN_REQUEST\",\"room_id\":\"$room_id\",\"password\":\"room-pw\",\"req_id\":\"join\"}"
+  n="$(field --wait --where req_id=join ROOM_JOIN_RESPONSE participants "$tmp/r-$who.out")" ||
+    fail "$who could not join" "$tmp/r-$who.out" "$tmp/r-$who.err"
+  local expected="" sep=""
+  for peer in "${@:2}"; do
+    expected+="$sep{\"create_offer\":true,\"user_id\":\"${room_id_of[$peer]}\",\"username\":\"$peer\"}"
+    sep=","
+  done
+  [[ "$n" == "[$expected]" ]] || fail "$who's ROOM_JOIN_RESPONSE participants: $n, expected [$expected]" "$tmp/r-$who.out"
+  pass
+  i=0
+  for peer in "${@:2}"; do
+    peer_id="$(field --wait --where req_id=join ROOM_JOIN_RESPONSE "participants.$i.user_id" "$tmp/r-$who.out")"
+    [[ "$(field --wait --where req_id=join ROOM_JOIN_RESPONSE "participants.$i.create_offer" "$tmp/r-$who.out")" == true ]] ||
+      fail "$who is not the offerer towards $peer" "$tmp/r-$who.out"
+    expect_line "$tmp/r-$peer.out" \
+      "{\"type\":\"ROOM_PEER_JOINED\",\"code\":40,\"payload\":{\"room_id\":\"$room_id\",\"user_id\":\"$me\",\"username\":\"$who\",\"create_offer\":false}}"
+    offer="$(sdp_of offer "$who" "$peer")"
+    say "$who" "{\"type\":\"SDP_OFFER\",\"room_id\":\"$room_id\",\"to_user_id\":$peer_id,\"sdp\":\"$offer\"}"
+    expect_line "$tmp/r-$peer.out" \
+      "{\"type\":\"SDP_OFFER\",\"code\":13,\"payload\":{\"room_id\":\"$room_id\",\"from_user_id\":\"$me\",\"to_user_id\":\"$peer_id\",\"sdp\":\"$offer\"}}"
+    answer="$(sdp_of answer "$peer" "$who")"
+    say "$peer" "{\"type\":\"SDP_ANSWER\",\"room_id\":\"$room_id\",\"to_user_id\":\"$me\",\"sdp\":\"$answer\"}"
+    expect_line "$tmp/r-$who.out" \
+      "{\"type\":\"SDP_ANSWER\",\"code\":14,\"payload\":{\"room_id\":\"$room_id\",\"from_user_id\":\"$peer_id\",\"to_user_id\":\"$me\",\"sdp\":\"$answer\"}}"
+    cand="candidate:$me 1 udp 2122260223 10.0.0.$me 5000 typ host"
+    say "$who" "{\"type\":\"ICE_CANDIDATE\",\"room_id\":\"$room_id\",\"to_user_id\":\"$peer_id\",\"candidate\":\"$cand\",\"sdp_mid\":\"0\",\"sdp_mline_index\":0}"
+    expect_line "$tmp/r-$peer.out" \
+      "{\"type\":\"ICE_CANDIDATE\",\"code\":15,\"payload\":{\"room_id\":\"$room_id\",\"from_user_id\":\"$me\",\"to_user_id\":\"$peer_id\",\"candidate\":\"$cand\",\"sdp_mid\":\"0\",\"sdp_mline_index\":0}}"
+    cand="candidate:$peer_id 1 udp 2122260223 10.0.0.$peer_id 6000 typ host"
+    say "$peer" "{\"type\":\"ICE_CANDIDATE\",\"room_id\":\"$room_id\",\"to_user_id\":\"$me\",\"candidate\":\"$cand\",\"sdp_mid\":\"0\",\"sdp_mline_index\":0}"
+    expect_line "$tmp/r-$who.out" \
+      "{\"type\":\"ICE_CANDIDATE\",\"code\":15,\"payload\":{\"room_id\":\"$room_id\",\"from_user_id\":\"$peer_id\",\"to_user_id\":\"$me\",\"candidate\":\"$cand\",\"sdp_mid\":\"0\",\"sdp_mline_index\":0}}"
+    i=$((i + 1))
+  done
+}
+mesh_join bob alice
+mesh_join carol alice bob
+
+# Exactly one offer per pair: alice got two (bob's, carol's), bob one (carol's),
+# carol none; the answers went the other way.
+for pair in alice:SDP_OFFER:2 bob:SDP_OFFER:1 carol:SDP_OFFER:0 alice:SDP_ANSWER:0 bob:SDP_ANSWER:1 carol:SDP_ANSWER:2; do
+  IFS=: read -r who kind n <<<"$pair"
+  got="$(grep -c "\"type\":\"$kind\"" "$tmp/r-$who.out" || true)"
+  [[ "$got" == "$n" ]] || fail "$who received $got $kind, expected $n" "$tmp/r-$who.out"
+done
+pass
+
+# Chat: one message each, in turn; everyone sees the same three in seq order.
+texts=("hello from alice" "hi, bob here" "carol says hi")
+i=0
+for who in alice bob carol; do
+  say "$who" "{\"type\":\"ROOM_MESSAGE_REQUEST\",\"room_id\":\"$room_id\",\"text\":\"${texts[$i]}\",\"req_id\":\"post\"}"
+  [[ "$(field --wait --where req_id=post ROOM_MESSAGE_RESPONSE seq "$tmp/r-$who.out")" == $((i + 1)) ]] ||
+    fail "$who's message did not get seq $((i + 1))" "$tmp/r-$who.out"
+  i=$((i + 1))
+done
+for who in alice bob carol; do
+  for n in 1 2 3; do
+    [[ "$(field --wait --nth "$n" ROOM_MESSAGE seq "$tmp/r-$who.out")" == "$n" ]] ||
+      fail "$who's ROOM_MESSAGE number $n is not seq $n" "$tmp/r-$who.out"
+    [[ "$(field --wait --nth "$n" ROOM_MESSAGE text "$tmp/r-$who.out")" == "${texts[$((n - 1))]}" ]] ||
+      fail "$who's ROOM_MESSAGE number $n has the wrong text" "$tmp/r-$who.out"
+  done
+done
+[[ "$(field --wait --nth 2 ROOM_MESSAGE from_username "$tmp/r-carol.out")" == bob ]] ||
+  fail "the second message is not stamped as bob's" "$tmp/r-carol.out"
+pass
+
+# History: all three, then only what came after seq 1 (the second request names the
+# first one's answer).
+say carol "{\"type\":\"ROOM_HISTORY_REQUEST\",\"room_id\":\"$room_id\",\"limit\":10,\"req_id\":\"hist\"}"
+say carol "{\"type\":\"ROOM_HISTORY_REQUEST\",\"room_id\":\"$room_id\",\"after_seq\":\"{{hist.messages.0.seq}}\",\"req_id\":\"hist2\"}"
+for n in 0 1 2; do
+  [[ "$(field --wait --where req_id=hist ROOM_HISTORY_RESPONSE "messages.$n.text" "$tmp/r-carol.out")" == "${texts[$n]}" ]] ||
+    fail "history message $n is not '${texts[$n]}'" "$tmp/r-carol.out"
+done
+[[ "$(field --wait --where req_id=hist ROOM_HISTORY_RESPONSE has_more "$tmp/r-carol.out")" == false ]] ||
+  fail "the history says there is more" "$tmp/r-carol.out"
+[[ "$(field --wait --where req_id=hist2 ROOM_HISTORY_RESPONSE messages "$tmp/r-carol.out" | grep -o '"seq":[0-9]*' | tr '\n' ' ')" == '"seq":2 "seq":3 ' ]] ||
+  fail "the history after seq 1 is not seqs 2 and 3" "$tmp/r-carol.out"
+pass
+
+# carol leaves: the others are told; relaying to her is refused from then on.
+say carol "{\"type\":\"ROOM_LEAVE_REQUEST\",\"room_id\":\"$room_id\",\"req_id\":\"leave\"}"
+for who in alice bob; do
+  expect_line "$tmp/r-$who.out" \
+    "{\"type\":\"ROOM_PEER_LEFT\",\"code\":43,\"payload\":{\"room_id\":\"$room_id\",\"user_id\":\"3\",\"username\":\"carol\",\"reason\":\"left\"}}"
+done
+say bob "{\"type\":\"ICE_CANDIDATE\",\"room_id\":\"$room_id\",\"to_user_id\":3,\"candidate\":\"candidate:9 1 udp 1 10.0.0.9 9 typ host\",\"sdp_mid\":\"0\",\"sdp_mline_index\":0,\"req_id\":\"gone\"}"
+[[ "$(field --wait --where req_id=gone ERROR code "$tmp/r-bob.out")" == 403 ]] ||
+  fail "relaying to a participant who left was not refused with 403" "$tmp/r-bob.out"
+pass
+say bob "{\"type\":\"ROOM_LEAVE_REQUEST\",\"room_id\":\"$room_id\"}"
+expect_line "$tmp/r-alice.out" \
+  "{\"type\":\"ROOM_PEER_LEFT\",\"code\":43,\"payload\":{\"room_id\":\"$room_id\",\"user_id\":\"2\",\"username\":\"bob\",\"reason\":\"left\"}}"
+say alice "{\"type\":\"ROOM_LEAVE_REQUEST\",\"room_id\":\"$room_id\"}"
+i=0
+for who in alice bob carol; do
+  # Waited for in this shell (not in a $(...) subshell), so `wait` gets its status.
+  pid="${room_pid[$i]}" tries=200
+  while kill -0 "$pid" 2>/dev/null && ((tries-- > 0)); do
+    sleep 0.05
+  done
+  ! kill -0 "$pid" 2>/dev/null || fail "$who's room session did not end" "$tmp/r-$who.out" "$tmp/r-$who.err"
+  code=0
+  wait "$pid" || code=$?
+  [[ "$code" == 0 ]] || fail "$who's room session: exit code $code" "$tmp/r-$who.out" "$tmp/r-$who.err"
+  [[ ! -s "$tmp/r-$who.err" ]] || fail "$who's room session wrote to stderr" "$tmp/r-$who.err"
+  i=$((i + 1))
+done
+# The only ERRORs are the two provoked above (bob's wrong password and relay to carol).
+[[ "$(cat "$tmp"/r-*.out | grep -c '"type":"ERROR"' || true)" == 2 ]] ||
+  fail "unexpected ERRORs in the room" "$tmp/r-alice.out" "$tmp/r-bob.out" "$tmp/r-carol.out"
 pass
 
 echo "test_server.sh: $passed passed, 0 failed"

@@ -1422,3 +1422,170 @@ fn field_pulls_a_value_out_of_session_output() {
         "{out}"
     );
 }
+
+/// The lines of `out` of frame type `kind`, parsed.
+fn frames_of(out: &crate::support::cli::Output, kind: &str) -> Vec<serde_json::Value> {
+    out.json_lines()
+        .into_iter()
+        .filter(|l| l["type"] == kind)
+        .collect()
+}
+
+/// One scripted session drives a room from a here-document: create (with a
+/// password), join, post, history; later lines use earlier answers through
+/// `{{REQ_ID.PATH}}`, and a string that is one reference keeps the value's type.
+#[test]
+fn a_scripted_session_creates_joins_posts_and_reads_a_room() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let script = r#"{"type":"ROOM_CREATE_REQUEST","name":"Standup","password":"door","req_id":"create"}
+{"type":"ROOM_JOIN_REQUEST","room_id":"{{create.room_id}}","req_id":"join"}
+{"type":"ROOM_MESSAGE_REQUEST","room_id":"{{create.room_id}}","text":"hello {{join.name}}","client_msg_id":"m1","req_id":"post"}
+{"type":"ROOM_HISTORY_REQUEST","room_id":"{{create.room_id}}","after_seq":"{{join.last_seq}}","req_id":"history"}
+"#;
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "ROOM_HISTORY_RESPONSE", "--timeout", "10"])
+        .stdin(script)
+        .run();
+    out.expect_code(0);
+    assert!(out.stderr.is_empty(), "{out}");
+    let created = &frames_of(&out, "ROOM_CREATE_RESPONSE")[0]["payload"];
+    let room_id = created["room_id"].as_str().expect("a room_id").to_string();
+    assert_eq!(created["room"]["has_password"], true, "{out}");
+    let joined = &frames_of(&out, "ROOM_JOIN_RESPONSE")[0]["payload"];
+    assert_eq!(
+        (
+            &joined["room_id"],
+            &joined["participants"],
+            &joined["last_seq"]
+        ),
+        (&json!(room_id), &json!([]), &json!(0)),
+        "the owner joins an empty room\n{out}"
+    );
+    let posted = &frames_of(&out, "ROOM_MESSAGE_RESPONSE")[0]["payload"];
+    assert_eq!(posted["seq"], 1, "{out}");
+    assert_eq!(posted["req_id"], "post", "{out}");
+    // alice's own ROOM_MESSAGE is a push: it may come after the history's
+    // answer (pushes and answers are not ordered, PROTOCOL.md section 5), so
+    // the history is what shows the message.
+    let history = out.json_lines().pop().unwrap();
+    assert_eq!(history["type"], "ROOM_HISTORY_RESPONSE", "{out}");
+    let messages = history["payload"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{out}");
+    assert_eq!(
+        (
+            &messages[0]["seq"],
+            &messages[0]["text"],
+            &messages[0]["from_username"]
+        ),
+        (&json!(1), &json!("hello Standup"), &json!("alice"))
+    );
+    assert!(frames_of(&out, "ERROR").is_empty(), "{out}");
+    server.wait_until_clean(0);
+}
+
+/// A second user joins the scripted room with its password (the room id written
+/// bare, as `field` prints it), posts and reads the history; the owner, in a
+/// session fed over time, sees the join and the message; a session that ends
+/// in a room logs out, so the owner sees it leave at once.
+#[test]
+fn a_scripted_room_between_two_sessions() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let bob_id = register(&server, "bob", "pw-b");
+    let mut alice = cli(server.addr)
+        .args(&["--timeout", "20", "session", "--username", "alice"])
+        .args(&["--password", "pw-a", "--until", "ROOM_PEER_LEFT"])
+        .spawn();
+    alice.expect("LOGIN_RESPONSE");
+    alice.send(r#"{"type":"ROOM_CREATE_REQUEST","name":"Design","password":"door","req_id":"c"}"#);
+    alice.send(r#"{"type":"ROOM_JOIN_REQUEST","room_id":"{{c.room_id}}","req_id":"j"}"#);
+    let room_id = alice.expect("ROOM_CREATE_RESPONSE")["payload"]["room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.expect("ROOM_JOIN_RESPONSE");
+
+    // A wrong password first: the reference to the refused join exits 1 with the server's message.
+    let wrong = format!(
+        "{{\"type\":\"ROOM_JOIN_REQUEST\",\"room_id\":{room_id},\"password\":\"nope\",\"req_id\":\"j\"}}\n\
+         {{\"type\":\"ROOM_HISTORY_REQUEST\",\"room_id\":\"{{{{j.room_id}}}}\"}}\n"
+    );
+    let out = cli(server.addr)
+        .args(&["session", "--username", "bob", "--password", "pw-b"])
+        .args(&["--until", "ROOM_HISTORY_RESPONSE", "--timeout", "10"])
+        .stdin(wrong)
+        .run();
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("input line 2")
+            && out.stderr.contains("401")
+            && out.stderr.contains("wrong room password"),
+        "{out}"
+    );
+    assert_eq!(
+        frames_of(&out, "ERROR")[0]["payload"]["req_id"],
+        "j",
+        "{out}"
+    );
+
+    let script = format!(
+        "{{\"type\":\"ROOM_JOIN_REQUEST\",\"room_id\":{room_id},\"password\":\"door\",\"req_id\":\"j\"}}\n\
+         {{\"type\":\"ROOM_MESSAGE_REQUEST\",\"room_id\":\"{{{{j.room_id}}}}\",\"text\":\"hi from bob\",\"req_id\":\"m\"}}\n\
+         {{\"type\":\"ROOM_HISTORY_REQUEST\",\"room_id\":\"{{{{j.room_id}}}}\",\"before_seq\":\"{{{{m.seq}}}}\",\"req_id\":\"h\"}}\n"
+    );
+    let out = cli(server.addr)
+        .args(&["session", "--username", "bob", "--password", "pw-b"])
+        .args(&["--until", "ROOM_HISTORY_RESPONSE", "--timeout", "10"])
+        .stdin(script)
+        .run();
+    out.expect_code(0);
+    let joined = &frames_of(&out, "ROOM_JOIN_RESPONSE")[0]["payload"];
+    assert_eq!(
+        joined["participants"],
+        json!([{"user_id": "1", "username": "alice", "create_offer": true}]),
+        "the joiner offers to alice\n{out}"
+    );
+    let history = &frames_of(&out, "ROOM_HISTORY_RESPONSE")[0]["payload"];
+    assert_eq!(
+        history["messages"],
+        json!([]),
+        "nothing before bob's message\n{out}"
+    );
+
+    let peer = alice.expect("ROOM_PEER_JOINED")["payload"].clone();
+    assert_eq!(
+        peer,
+        json!({"room_id": room_id, "user_id": bob_id, "username": "bob", "create_offer": false})
+    );
+    assert_eq!(
+        alice.expect("ROOM_MESSAGE")["payload"]["text"],
+        "hi from bob"
+    );
+    // bob's session ended in the room, without a token file: it logged out, so
+    // alice is told at once, not after the resume grace period.
+    let left = alice.expect("ROOM_PEER_LEFT")["payload"].clone();
+    assert_eq!(left["user_id"], bob_id.as_str());
+    assert_eq!(left["reason"], "logged_out", "{left}");
+    alice.finish().expect_code(0);
+    server.wait_until_clean(0);
+}
+
+/// A reference to a req_id no earlier line sent is a bad line (exit 2), and nothing is sent.
+#[test]
+fn a_reference_to_an_unknown_request_exits_2() {
+    let server = TestServer::start();
+    register(&server, "alice", "pw-a");
+    let out = cli(server.addr)
+        .args(&["session", "--username", "alice", "--password", "pw-a"])
+        .args(&["--until", "ROOM_JOIN_RESPONSE", "--timeout", "10"])
+        .stdin("{\"type\":\"ROOM_JOIN_REQUEST\",\"room_id\":\"{{create.room_id}}\"}\n")
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("input line 1") && out.stderr.contains("\"create\""),
+        "{out}"
+    );
+    assert!(frames_of(&out, "ERROR").is_empty(), "{out}");
+}

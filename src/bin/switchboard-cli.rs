@@ -157,7 +157,11 @@ enum Command {
     /// Input, one command per line: {"type":"CALL_REQUEST","to_user_id":"2"}. The
     /// type is a name (any case) or a code; the rest of the object is the payload,
     /// checked against the type's fields. Every client type can be sent, protocol 2's
-    /// included. User ids may be bare numbers, as `users` prints them ("to_user_id":2).
+    /// included. Ids may be bare numbers, as `users` prints them ("to_user_id":2).
+    ///
+    /// A later line may use an earlier answer: label the request with a req_id and
+    /// write {{REQ_ID.PATH}} in a string ("room_id":"{{create.room_id}}"); the line
+    /// waits for that answer, and a refused request (ERROR) exits 1.
     ///
     /// Output, one line per frame, starting with the WELCOME (protocol 2) and the
     /// LOGIN_RESPONSE: {"type":"CALL_NOTIFICATION","code":9,"payload":{...}}
@@ -165,9 +169,10 @@ enum Command {
     /// After the end of stdin the session keeps printing until the --until frame,
     /// the server closing it (exit 0 without --until), or --timeout (exit 4).
     ///
-    /// Ending on purpose during a call, a session logs out first, so the peer gets
-    /// HANGUP at once; with --token-file it only closes, and the server holds the
-    /// call for a session started again with the same file (RESUME).
+    /// Ending on purpose during a call or in a room, a session logs out first, so
+    /// the peers get HANGUP or ROOM_PEER_LEFT at once; with --token-file it only
+    /// closes, and the server holds the call and the rooms for a session started
+    /// again with the same file (RESUME).
     Session {
         #[command(flatten)]
         login: Login,

@@ -12,6 +12,7 @@
 //!   with mode 0600 and kept in step with a session.
 //! - [`session`]: JSON-line mode: commands from a reader, every received frame
 //!   out as one JSON line.
+//! - [`script`]: `{{REQ_ID.PATH}}` in session input, filled in from earlier answers.
 //! - [`field`]: one value out of a session's output, for scripts.
 //! - [`password`]: where the secret comes from (flag, file, environment, prompt).
 //! - [`ClientError`] and [`exit`]: what went wrong, and the documented exit code
@@ -25,6 +26,7 @@ pub mod connection;
 pub mod field;
 pub mod login;
 pub mod password;
+pub mod script;
 pub mod session;
 pub mod token;
 

@@ -9,8 +9,10 @@
 //! Input: `{"type":"CALL_REQUEST","to_user_id":"2"}`. `type` is a protocol name
 //! (any case) or a numeric code (`8`, `"8"`, `"0x08"`); the rest of the object
 //! is the payload, checked against the message's fields before it is sent.
-//! User ids may be written bare (`"to_user_id":2`), as `users` prints them: they
-//! go out as the protocol's strings of digits (`"2"`).
+//! Ids may be written bare (`"to_user_id":2`, `"room_id":3`), as `users` prints
+//! them: they go out as the protocol's strings of digits (`"2"`). A line may
+//! use a field of an earlier answer, `{{REQ_ID.PATH}}` ([`super::script`]): it
+//! waits for that answer, and the lines after it wait behind it.
 //!
 //! Output: `{"type":"CALL_NOTIFICATION","code":9,"payload":{...}}`, the payload
 //! exactly as the server sent it.
@@ -19,7 +21,8 @@
 //! an eventfd; the session's own thread owns the connection and waits in poll(2)
 //! on the socket and that eventfd. The socket is never shared.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::script::{Answers, Resolution};
 use super::token::TokenKeeper;
 use super::{ClientError, Connection, Event, Frame};
 use crate::tcp::frame;
@@ -108,6 +112,14 @@ pub fn parse_type(text: &str) -> Option<MessageType> {
 pub fn parse_command(line: &str) -> Result<Command, CommandError> {
     let value: Value =
         serde_json::from_str(line).map_err(|e| CommandError::NotJson(e.to_string()))?;
+    command_from_value(value)
+}
+
+/// As [`parse_command`], from a line already parsed as JSON.
+///
+/// # Errors
+/// As [`parse_command`], but for JSON syntax.
+pub fn command_from_value(value: Value) -> Result<Command, CommandError> {
     let Value::Object(mut object) = value else {
         return Err(CommandError::NotAnObject);
     };
@@ -123,7 +135,7 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
             .ok_or_else(|| CommandError::UnknownType(n.to_string()))?,
         Some(other) => return Err(CommandError::UnknownType(other.to_string())),
     };
-    user_ids_as_strings(&mut object);
+    ids_as_strings(&mut object);
     let payload = Value::Object(object).to_string();
     match Request::parse(kind, &payload) {
         Ok(Some(_)) => Ok(Command { kind, payload }),
@@ -132,17 +144,26 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
     }
 }
 
-/// Writes the payload's user ids (`user_id`, `to_user_id`, `from_user_id`,
-/// `peer_user_id`, ...) given as non-negative integers as the strings of
-/// digits the protocol uses (PROTOCOL.md: ids are strings). Anything else is
-/// left for the type's check to judge.
-fn user_ids_as_strings(object: &mut Map<String, Value>) {
-    for (key, value) in object.iter_mut() {
-        if (key == "user_id" || key.ends_with("_user_id"))
-            && let Value::Number(n) = value
+/// Writes the payload's ids given as non-negative integers as the strings of
+/// digits the protocol uses (PROTOCOL.md: ids are strings): user ids
+/// (`user_id`, `to_user_id`, `from_user_id`, `peer_user_id`, ...), the
+/// elements of `user_ids`, `room_id` and `call_id`. Anything else is left for
+/// the type's check to judge.
+fn ids_as_strings(object: &mut Map<String, Value>) {
+    let digits = |value: &mut Value| {
+        if let Value::Number(n) = value
             && let Some(id) = n.as_u64()
         {
             *value = Value::String(id.to_string());
+        }
+    };
+    for (key, value) in object.iter_mut() {
+        if key == "user_id" || key.ends_with("_user_id") || key == "room_id" || key == "call_id" {
+            digits(value);
+        } else if key == "user_ids"
+            && let Value::Array(items) = value
+        {
+            items.iter_mut().for_each(digits);
         }
     }
 }
@@ -365,15 +386,16 @@ pub fn run(
     let result = relay(conn, input, out, options, &mut observe, &mut |c| {
         call.sent(c)
     });
-    // A protocol 2 session that ends on purpose in a call, with no token to
-    // resume it by, logs out: the server would otherwise hold the call for a
-    // resume that cannot come, and the peer would wait out the grace period.
-    // LOGOUT ends the call as a v1 disconnect does (the peer gets HANGUP).
+    // A protocol 2 session that ends on purpose in a call or a room, with no
+    // token to resume it by, logs out: the server would otherwise hold the
+    // session for a resume that cannot come, and the peers would wait out the
+    // grace period. LOGOUT ends the call as a v1 disconnect does (the peer
+    // gets HANGUP) and leaves the rooms (the others get ROOM_PEER_LEFT).
     let on_purpose = !matches!(
         result,
         Ok(SessionEnd::ServerClosed) | Err(ClientError::ConnectionLost(_))
     );
-    if on_purpose && !resumable && call.in_call.get() && call.protocol_2.get() {
+    if on_purpose && !resumable && call.may_be_held() && call.protocol_2.get() {
         let _ = conn.send(
             &Request::Logout(Empty::default()),
             Instant::now() + LEAVE_TIMEOUT,
@@ -390,10 +412,16 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// calls the server holds when the connection drops). It errs on the side of
 /// "in a call": a CALL_REQUEST the server refused still counts, and costs at
 /// most a LOGOUT at the end.
+///
+/// It follows rooms the same way: in a room from a successful
+/// ROOM_JOIN_RESPONSE (or a RESUME's LOGIN_RESPONSE naming `room_ids`) until
+/// ROOM_LEAVE_RESPONSE, ROOM_DELETED or a logout. A kick is not noticed: that
+/// costs at most a LOGOUT at the end.
 #[derive(Debug, Default)]
 struct CallTracker {
     in_call: Cell<bool>,
     protocol_2: Cell<bool>,
+    rooms: RefCell<BTreeSet<String>>,
 }
 
 impl CallTracker {
@@ -405,9 +433,19 @@ impl CallTracker {
                     .is_ok_and(|v| v["accepted"] == Value::Bool(true));
                 self.in_call.set(accepted);
             }
-            MessageType::Hangup | MessageType::LogoutRequest => self.in_call.set(false),
+            MessageType::Hangup => self.in_call.set(false),
+            MessageType::LogoutRequest => {
+                self.in_call.set(false);
+                self.rooms.borrow_mut().clear();
+            }
             _ => {}
         }
+    }
+
+    /// The session may be held by the server if its connection closes: in a
+    /// call or in a room.
+    fn may_be_held(&self) -> bool {
+        self.in_call.get() || !self.rooms.borrow().is_empty()
     }
 
     fn received(&self, frame: &Frame) {
@@ -416,17 +454,41 @@ impl CallTracker {
         };
         match kind {
             MessageType::CallNotification | MessageType::CallAccepted => self.in_call.set(true),
-            MessageType::CallDeclined
-            | MessageType::Hangup
-            | MessageType::LogoutResponse
-            | MessageType::AccountDeleteResponse => self.in_call.set(false),
+            MessageType::CallDeclined | MessageType::Hangup => self.in_call.set(false),
+            MessageType::LogoutResponse | MessageType::AccountDeleteResponse => {
+                self.in_call.set(false);
+                self.rooms.borrow_mut().clear();
+            }
+            MessageType::RoomJoinResponse
+            | MessageType::RoomLeaveResponse
+            | MessageType::RoomDeleted => {
+                let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) else {
+                    return;
+                };
+                let Some(room) = v["room_id"].as_str() else {
+                    return;
+                };
+                let mut rooms = self.rooms.borrow_mut();
+                if kind == MessageType::RoomJoinResponse {
+                    if v["success"] == Value::Bool(true) {
+                        rooms.insert(room.to_string());
+                    }
+                } else {
+                    rooms.remove(room);
+                }
+            }
             MessageType::LoginResponse => {
                 let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) else {
                     return;
                 };
                 if v["success"] == Value::Bool(true) {
-                    // A RESUME that took a held call back names it.
+                    // A RESUME that took a held call back names it, and the rooms it is still in.
                     self.in_call.set(v["call_id"].is_string());
+                    let mut rooms = self.rooms.borrow_mut();
+                    rooms.clear();
+                    if let Some(ids) = v["room_ids"].as_array() {
+                        rooms.extend(ids.iter().filter_map(Value::as_str).map(str::to_string));
+                    }
                     // Only protocol 2 answers say when the session expires.
                     if v["expires_at"].is_u64() {
                         self.protocol_2.set(true);
@@ -456,6 +518,7 @@ fn relay(
     let mut input_open = true;
     let mut line_number = 0usize;
     let mut last_sent = Instant::now();
+    let mut script = Script::default();
     loop {
         let next_beat = options.keepalive.map(|k| last_sent + k);
         let wake = input_open.then(|| input.wake.fd());
@@ -463,9 +526,13 @@ fn relay(
             Event::Frame(frame) => {
                 // The token file first: once a script sees the line, the file is current.
                 observe(&frame);
+                script.answers.received(&frame);
                 write_line(out, &frame)?;
                 if options.until.is_some_and(|until| frame.is(until)) {
                     return Ok(SessionEnd::Until);
+                }
+                if script.pump(conn, options, sent)? {
+                    last_sent = Instant::now();
                 }
             }
             Event::Woken => {
@@ -485,15 +552,10 @@ fn relay(
                             if line.trim().is_empty() {
                                 continue;
                             }
-                            let command = parse_command(&line).map_err(|e| {
-                                ClientError::Usage(format!("input line {line_number}: {e}"))
-                            })?;
-                            let deadline = options
-                                .deadline
-                                .unwrap_or_else(|| Instant::now() + WRITE_TIMEOUT);
-                            conn.send_frame(&command.to_frame(), deadline)?;
-                            sent(&command);
-                            last_sent = Instant::now();
+                            script.read(line_number, &line)?;
+                            if script.pump(conn, options, sent)? {
+                                last_sent = Instant::now();
+                            }
                         }
                         InputEvent::End => input_open = false,
                         InputEvent::Failed(e) => {
@@ -526,6 +588,73 @@ fn relay(
                 };
             }
         }
+    }
+}
+
+/// Input lines read but not sent yet: a line that refers to an answer still
+/// to come waits, and every later line waits behind it.
+#[derive(Default)]
+struct Script {
+    waiting: VecDeque<(usize, Value)>,
+    answers: Answers,
+}
+
+impl Script {
+    /// Takes an input line: checks it is JSON and that its references name
+    /// earlier requests, and queues it.
+    fn read(&mut self, number: usize, line: &str) -> Result<(), ClientError> {
+        let bad = |e: String| ClientError::Usage(format!("input line {number}: {e}"));
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| bad(CommandError::NotJson(e.to_string()).to_string()))?;
+        self.answers.read(&value).map_err(bad)?;
+        self.waiting.push_back((number, value));
+        Ok(())
+    }
+
+    /// Sends the waiting lines, in order, until one needs an answer that has
+    /// not come. Says whether it sent anything.
+    fn pump(
+        &mut self,
+        conn: &mut Connection,
+        options: &SessionOptions,
+        sent: &mut dyn FnMut(&Command),
+    ) -> Result<bool, ClientError> {
+        let mut any = false;
+        while let Some((number, value)) = self.waiting.front() {
+            let number = *number;
+            let value = match self.answers.resolve(value) {
+                Resolution::Waiting => break,
+                Resolution::Failed(err) => return Err(at_line(number, err)),
+                Resolution::Ready(value) => value,
+            };
+            self.waiting.pop_front();
+            let command = command_from_value(value)
+                .map_err(|e| ClientError::Usage(format!("input line {number}: {e}")))?;
+            let deadline = options
+                .deadline
+                .unwrap_or_else(|| Instant::now() + WRITE_TIMEOUT);
+            conn.send_frame(&command.to_frame(), deadline)?;
+            if let Ok(payload) = serde_json::from_str::<Value>(&command.payload) {
+                self.answers.sent(&payload);
+            }
+            sent(&command);
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+/// Names the input line in a failure to fill in its references.
+fn at_line(number: usize, err: ClientError) -> ClientError {
+    match err {
+        ClientError::Server { code, message } => ClientError::Server {
+            code,
+            message: format!("input line {number}: {message}"),
+        },
+        ClientError::NotFound(message) => {
+            ClientError::NotFound(format!("input line {number}: {message}"))
+        }
+        other => other,
     }
 }
 
