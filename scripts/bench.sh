@@ -20,9 +20,9 @@ TXT="$OUT/results-$STAMP.txt"
 : >"$JSONL"
 
 if [[ "${QUICK:-0}" == 1 ]]; then
-  PAIRS=10 SECS=2 RATE=1000 IDLE=500 STORM=200 CALLS=20 LOGINS=10
+  PAIRS=10 SECS=2 RATE=1000 IDLE=500 STORM=200 CALLS=20 LOGINS=10 ROOMS=25 ROOM_RATE=200
 else
-  PAIRS=100 SECS=8 RATE=10000 IDLE=9000 STORM=2000 CALLS=100 LOGINS=100
+  PAIRS=100 SECS=8 RATE=10000 IDLE=9000 STORM=2000 CALLS=100 LOGINS=100 ROOMS=250 ROOM_RATE=2000
 fi
 
 {
@@ -51,6 +51,10 @@ run relay-storm --pairs 20 --clients "$STORM" --seconds 5 --timeout 90
 run idle --clients "$LOGINS" --bcrypt-cost 10
 run idle --clients "$IDLE" --timeout 90
 run reconnect --clients "$STORM" --bcrypt-cost 10
+# 250 rooms of 8 (2,000 participants) chatting, closed loop then open loop at
+# 2,000 messages/s; compare with the relay lines above (same run).
+run rooms --rooms "$ROOMS" --size 8 --seconds "$SECS"
+run rooms --rooms "$ROOMS" --size 8 --seconds "$SECS" --rate "$ROOM_RATE"
 # Storage: files go under $OUT (the disk being measured) and are removed afterwards.
 if [[ "${QUICK:-0}" == 1 ]]; then JSECS=1 MESSAGES=100000; else JSECS=3 MESSAGES=1000000; fi
 run journal --writers 1,16,64 --seconds "$JSECS" --dir "$OUT/journal"

@@ -163,3 +163,54 @@ fn the_relay_under_a_login_storm_loses_nothing() {
     assert!(v.pointer("/storm/rtt/p99_us").is_some(), "{v}");
     assert!(v["ratio_storm_to_idle"]["p99"].as_f64().is_some(), "{v}");
 }
+
+/// Rooms: every participant joins, every acknowledged message reaches every
+/// participant of its room in seq order, and each message is encoded once.
+#[test]
+fn rooms_deliver_every_message_to_every_participant_encoded_once() {
+    let v = run(&[
+        "rooms",
+        "--rooms",
+        "3",
+        "--size",
+        "4",
+        "--seconds",
+        "1",
+        "--text",
+        "64",
+    ]);
+    assert_eq!(count(&v, "/participants"), 12, "{v}");
+    let acknowledged = count(&v, "/chat/acknowledged");
+    assert!(acknowledged > 0, "{v}");
+    assert_eq!(count(&v, "/chat/sent"), acknowledged, "{v}");
+    assert_eq!(count(&v, "/chat/delivered"), acknowledged * 4, "{v}");
+    assert_eq!(count(&v, "/chat/latency/count"), acknowledged * 4, "{v}");
+    for zero in ["/chat/lost", "/chat/out_of_order", "/errors"] {
+        assert_eq!(count(&v, zero), 0, "{zero}: {v}");
+    }
+    assert_eq!(count(&v, "/daemon_room_messages"), acknowledged, "{v}");
+    // One encoding per message, shared by its four recipients.
+    assert_eq!(count(&v, "/push_frames_encoded"), acknowledged, "{v}");
+    assert!(v["rss_per_participant_kib"].as_f64().is_some(), "{v}");
+}
+
+/// Rooms, open loop: messages leave on schedule and none is lost.
+#[test]
+fn open_loop_rooms_lose_nothing() {
+    let v = run(&[
+        "rooms",
+        "--rooms",
+        "2",
+        "--size",
+        "3",
+        "--seconds",
+        "1",
+        "--rate",
+        "120",
+    ]);
+    let acknowledged = count(&v, "/chat/acknowledged");
+    assert!(acknowledged > 0, "{v}");
+    assert_eq!(count(&v, "/chat/sent"), acknowledged, "{v}");
+    assert_eq!(count(&v, "/chat/delivered"), acknowledged * 3, "{v}");
+    assert_eq!(count(&v, "/chat/lost") + count(&v, "/errors"), 0, "{v}");
+}

@@ -11,6 +11,8 @@
 //! - [`floor`]: the minimal thread-per-connection relay the daemon is compared with.
 //! - [`swarm`]: thousands of clients on a few poll(2) threads (`idle`, `storm`).
 //! - [`setup`]: scripted calls, CALL_REQUEST to the last ICE candidate.
+//! - [`rooms`]: rooms of several participants chatting (delivery rate, latency,
+//!   encodings per message, RSS per participant).
 //! - [`journal`]: the journal against SQLite, and conversation logs at a million messages.
 //! - [`stats`]: percentiles, loss and reordering.
 //! - [`client`]: a blocking client over [`crate::tcp::frame`] and [`crate::tcp::message`].
@@ -21,6 +23,7 @@ pub mod daemon;
 pub mod floor;
 pub mod journal;
 pub mod relay;
+pub mod rooms;
 pub mod setup;
 pub mod stats;
 pub mod swarm;
@@ -590,5 +593,147 @@ pub fn relay_storm_workload(common: &Common, opts: &RelayStormOptions) -> io::Re
         "storm_presence_settled_secs": storm.presence_done_secs,
         "storm_presence_complete": storm.presence_complete,
         "storm_errors": storm.errors,
+    }))
+}
+
+/// Reads /proc and /metrics between the phases of the rooms workload.
+struct RoomsProbe<'a> {
+    daemon: &'a Daemon,
+    before_join: Option<ProcStats>,
+    after_join: Option<ProcStats>,
+    after_chat: Option<ProcStats>,
+    encoded_before: Option<u64>,
+    encoded_after: Option<u64>,
+    messages_before: Option<u64>,
+    messages_after: Option<u64>,
+}
+
+impl rooms::Observer for RoomsProbe<'_> {
+    fn logged_in(&mut self) {
+        // Let the presence broadcasts of the logins settle before reading /proc.
+        std::thread::sleep(Duration::from_millis(500));
+        self.before_join = self.daemon.proc_stats().ok();
+    }
+
+    fn joined(&mut self) {
+        std::thread::sleep(Duration::from_millis(500));
+        self.after_join = self.daemon.proc_stats().ok();
+        self.encoded_before = self.daemon.metric("switchboard_push_frames_encoded_total");
+        self.messages_before = self.daemon.metric("switchboard_room_messages_total");
+    }
+
+    fn drained(&mut self) {
+        self.encoded_after = self.daemon.metric("switchboard_push_frames_encoded_total");
+        self.messages_after = self.daemon.metric("switchboard_room_messages_total");
+        self.after_chat = self.daemon.proc_stats().ok();
+    }
+}
+
+/// `rooms` rooms of `size` participants chatting (see [`rooms`]): delivered
+/// ROOM_MESSAGEs per second, send-to-delivery latency, pushes encoded per
+/// message, and the daemon's RSS per participant.
+///
+/// # Errors
+/// If the daemon cannot start or the clients cannot log in or join.
+pub fn rooms_workload(common: &Common, opts: &rooms::RoomsOptions) -> io::Result<Value> {
+    let participants = opts.rooms * opts.size;
+    let daemon = common.start_daemon(participants, participants)?;
+    let mut probe = RoomsProbe {
+        daemon: &daemon,
+        before_join: None,
+        after_join: None,
+        after_chat: None,
+        encoded_before: None,
+        encoded_after: None,
+        messages_before: None,
+        messages_after: None,
+    };
+    let result = rooms::run(daemon.addr, opts, &mut probe);
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let stderr = daemon.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            return Err(io::Error::other(format!(
+                "{e}; daemon stderr (last lines, newest first): {tail:?}"
+            )));
+        }
+    };
+    drop(result.sockets);
+    let c = &result.chat;
+    let diff = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let encoded = diff(probe.encoded_before, probe.encoded_after);
+    let daemon_messages = diff(probe.messages_before, probe.messages_after);
+    let per_message = encoded.map(|e| ratio(e as f64, c.acknowledged as f64));
+    let rss_per_participant_kib = match (probe.before_join, probe.after_join) {
+        (Some(b), Some(a)) => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) / participants.max(1) as f64)
+        }
+        _ => None,
+    };
+    let mode = match opts.rate {
+        Some(r) => format!("open loop, {r:.0} msgs/s"),
+        None => "closed loop, one message in flight per sender".into(),
+    };
+    println!(
+        "rooms ({} rooms of {}, {participants} participants, {mode}, {} B texts, {:.0} s)",
+        opts.rooms,
+        opts.size,
+        opts.text,
+        opts.duration.as_secs_f64()
+    );
+    println!(
+        "  {:>9.0} messages/s posted, {:>9.0} ROOM_MESSAGE/s delivered; latency p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        c.messages_per_s,
+        c.delivered_per_s,
+        c.latency.p50_us,
+        c.latency.p90_us,
+        c.latency.p99_us,
+        c.latency.p999_us,
+        c.latency.max_us
+    );
+    println!(
+        "  durable (ROOM_MESSAGE_RESPONSE) p50 {:.1} us  p99 {:.1}; sent {} acknowledged {} delivered {} lost {} out of order {} errors {} late sends {}",
+        c.ack_latency.p50_us,
+        c.ack_latency.p99_us,
+        c.sent,
+        c.acknowledged,
+        c.delivered,
+        c.lost,
+        c.out_of_order,
+        result.errors,
+        c.late_sends
+    );
+    println!(
+        "  pushes encoded per message {}; RSS per participant {} (before join {} KiB, after {} KiB, after chat {} KiB)",
+        per_message.map_or_else(|| "?".into(), |p| format!("{p:.3}")),
+        rss_per_participant_kib.map_or_else(|| "?".into(), |r| format!("{r:.1} KiB")),
+        probe.before_join.map_or(0, |p| p.rss_kib),
+        probe.after_join.map_or(0, |p| p.rss_kib),
+        probe.after_chat.map_or(0, |p| p.rss_kib),
+    );
+    if let Some(e) = &result.first_error {
+        println!("  first error: {e}");
+    }
+    Ok(json!({
+        "workload": "rooms",
+        "mode": c.mode,
+        "rooms": opts.rooms,
+        "size": opts.size,
+        "participants": participants,
+        "text_bytes": opts.text,
+        "rate": opts.rate,
+        "chat": c,
+        "daemon_room_messages": daemon_messages,
+        "push_frames_encoded": encoded,
+        "push_frames_encoded_per_message": per_message,
+        "rss_before_join": probe.before_join,
+        "rss_after_join": probe.after_join,
+        "rss_after_chat": probe.after_chat,
+        "rss_per_participant_kib": rss_per_participant_kib,
+        "errors": result.errors,
     }))
 }

@@ -10,7 +10,7 @@ use switchboard::bench::{
     self, Common, daemon, floor, journal, relay::RelayOptions, setup::SetupOptions,
 };
 
-/// Load generator for Switchboard: relay, relay-storm, idle, storm, reconnect and setup workloads, the floor relay,
+/// Load generator for Switchboard: relay, relay-storm, idle, storm, reconnect, setup and rooms workloads, the floor relay,
 /// and the storage workloads (journal, conversations).
 ///
 /// Each workload starts its own daemon (and the floor, for relay), prints a
@@ -97,6 +97,31 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
+    /// Rooms of --size participants chatting: delivered ROOM_MESSAGEs/s,
+    /// send-to-delivery latency, pushes encoded per message, RSS per participant.
+    Rooms {
+        #[arg(long, default_value_t = 250)]
+        rooms: usize,
+        /// Participants per room (2 to the daemon's rooms.max_participants, 16).
+        #[arg(long, default_value_t = 8)]
+        size: usize,
+        /// Seconds of chat.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Open loop at this many messages per second over all senders; closed
+        /// loop (one message in flight per sender) without it.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 100)]
+        text: usize,
+        /// Threads driving the clients.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Give up on the login and on the join phase after this long each.
+        #[arg(long, default_value_t = 120.0)]
         timeout: f64,
     },
     /// Scripted calls: CALL_REQUEST to the last ICE candidate.
@@ -321,6 +346,30 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
         } => {
             journal::journal_writer(&dir, writers, seconds)?;
             return Ok(());
+        }
+        Command::Rooms {
+            rooms,
+            size,
+            seconds,
+            rate,
+            text,
+            threads,
+            timeout,
+        } => {
+            need(rooms * size + 64);
+            bench::rooms_workload(
+                &common,
+                &bench::rooms::RoomsOptions {
+                    rooms,
+                    size,
+                    duration: Duration::from_secs_f64(seconds),
+                    rate,
+                    text,
+                    shards: threads,
+                    grace: Duration::from_secs(2),
+                    timeout: Duration::from_secs_f64(timeout),
+                },
+            )?
         }
         Command::Setup { pairs, calls } => bench::setup_workload(
             &common,
