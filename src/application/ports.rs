@@ -168,7 +168,6 @@ pub enum RoomExit {
     ServerStopping,
     Kicked,
     Banned,
-    RoomDeleted,
 }
 
 impl RoomExit {
@@ -184,7 +183,6 @@ impl RoomExit {
             RoomExit::ServerStopping => "server_stopping",
             RoomExit::Kicked => "kicked",
             RoomExit::Banned => "banned",
-            RoomExit::RoomDeleted => "room_deleted",
         }
     }
 }

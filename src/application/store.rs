@@ -112,7 +112,7 @@ pub struct NewMessage<'a> {
     pub sender: UserId,
     /// Unix milliseconds.
     pub sent_at: u64,
-    /// The client's own id for the message: a retry with the same id is not
+    /// The client's own id for the message: a retry by the same sender with the same id is not
     /// stored twice (within the store's window; see the adapter).
     pub client_id: Option<&'a str>,
     /// Opaque to the store.

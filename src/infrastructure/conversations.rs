@@ -27,7 +27,7 @@
 //! An append is visible to readers only once durable.
 //!
 //! **Idempotence.** A client id seen among the last [`DEDUP_WINDOW`] messages
-//! of the same conversation is a retry: the original's seq is returned and
+//! of the same conversation, from the same sender, is a retry: the original's seq is returned and
 //! nothing is written. The window costs no memory beyond the 4-byte hash in
 //! each entry (a hash match is confirmed against the record on disk). A retry
 //! arriving while its original is still being written waits for it (the
@@ -459,6 +459,11 @@ impl Inner {
                     }
                 }
                 inner.compacting.store(false, Ordering::Release);
+                // A request that came after the last look but before the
+                // flag was cleared found a compaction running: serve it.
+                if inner.compact_again.load(Ordering::Acquire) {
+                    inner.maybe_compact(0, true);
+                }
             });
         if spawned.is_err() {
             self.compacting.store(false, Ordering::Release);
@@ -595,7 +600,7 @@ impl ConversationStore for ConversationFile {
             loop {
                 inner.settle(&mut idx);
                 if let Some(id) = client_id {
-                    match self.find_retry(&idx, conv, hash, id)? {
+                    match self.find_retry(&idx, conv, hash, msg.sender, id)? {
                         Retry::No => {}
                         Retry::Found(seq) => {
                             return Ok(Appended {
@@ -939,6 +944,7 @@ impl ConversationFile {
         idx: &Index,
         conv: ConversationId,
         hash: u32,
+        sender: UserId,
         client_id: &str,
     ) -> Result<Retry, StorageError> {
         let Some(log) = idx.logs.get(&conv) else {
@@ -960,7 +966,10 @@ impl ConversationFile {
                 return Ok(Retry::Wait(seq));
             }
             let payload = self.inner.read(&file, &e)?;
-            if parse_put(&payload).is_some_and(|p| p.client_id == client_id) {
+            // Client ids are the sender's own: another sender's message with
+            // the same id is a different message.
+            if parse_put(&payload).is_some_and(|p| p.client_id == client_id && p.sender == sender.0)
+            {
                 return Ok(Retry::Found(seq));
             }
         }
@@ -1067,6 +1076,26 @@ mod tests {
             );
             assert!(bodies(&store, 2, Anchor::After(10), 5).is_empty());
         }
+    }
+
+    /// Client ids are each sender's own: another sender's message with the
+    /// same id is stored, not taken for a retry (nobody can suppress
+    /// someone else's message by reusing its id).
+    #[test]
+    fn another_senders_message_with_the_same_client_id_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConversationFile::open(&dir.path().join(CONVERSATIONS_FILE)).unwrap();
+        let first = store
+            .append(ConversationId(1), msg("from 7", Some("c-1")))
+            .unwrap();
+        let other = NewMessage {
+            sender: UserId(8),
+            ..msg("from 8", Some("c-1"))
+        };
+        let second = store.append(ConversationId(1), other).unwrap();
+        assert_eq!((first.seq, second.seq, second.duplicate), (1, 2, false));
+        let retry = store.append(ConversationId(1), other).unwrap();
+        assert_eq!((retry.seq, retry.duplicate), (2, true));
     }
 
     /// A retry with the same client id gets the original seq and stores nothing.

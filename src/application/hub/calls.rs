@@ -216,7 +216,7 @@ impl Hub {
                 .get(&party)
                 .is_some_and(|s| s.detached.is_some())
                 && !state.rooms.is_in_any(party)
-                && let Some(session) = self.leave(state, party, Departure::CallEnded, out)
+                && let Some(session) = self.leave(state, party, Departure::NothingHeld, out)
             {
                 info!(
                     "held session ended with its call user_id={party} call_id={}",

@@ -198,6 +198,13 @@ impl HubState {
             .map(|s| s.conn)
     }
 
+    /// Whether `user` is online on a protocol 2 connection right now (not held).
+    fn attached_v2(&self, user: UserId) -> bool {
+        self.online
+            .get(&user)
+            .is_some_and(|s| s.kind.v2 && s.detached.is_none())
+    }
+
     /// Delivers `notice` to `user` through `out`, or keeps it in the user's gap
     /// while detached. An overflowing gap ends the hold at once (the timer
     /// removes the session).
@@ -292,8 +299,9 @@ pub enum Departure {
     TakenOver,
     /// A held session's grace period ran out.
     HoldExpired,
-    /// A held session's call ended: there is nothing left to resume.
-    CallEnded,
+    /// A held session's call ended, or it left its last room: there is
+    /// nothing left to resume.
+    NothingHeld,
     /// The server ended the session (guest expiry, account deletion, an
     /// operator's kick, shutdown).
     Ended(SessionEnd),

@@ -75,14 +75,14 @@ pub struct RoomStores {
 pub(super) struct Rooms {
     stores: RoomStores,
     limits: RoomLimits,
-    events: mpsc::Sender<EventRecord>,
+    events: mpsc::Sender<EventJob>,
     /// Knocks per user per minute.
     knocks: Mutex<Buckets<UserId>>,
 }
 
 impl Rooms {
     pub(super) fn new(stores: RoomStores, limits: RoomLimits) -> Rooms {
-        let (tx, rx) = mpsc::channel::<EventRecord>();
+        let (tx, rx) = mpsc::channel::<EventJob>();
         let logs = stores.logs.clone();
         let keep = limits.events_per_room;
         let spawned = std::thread::Builder::new()
@@ -105,6 +105,13 @@ impl Rooms {
     }
 }
 
+/// What the event writer does, in order.
+enum EventJob {
+    Append(EventRecord),
+    /// A deleted room's event log goes, after every event queued for it.
+    Drop(ConversationId),
+}
+
 /// An event on its way to a room's event log.
 struct EventRecord {
     log: ConversationId,
@@ -124,8 +131,17 @@ struct StoredEvent {
 }
 
 /// The event writer: appends in arrival order and keeps the latest `keep`.
-fn write_events(rx: &mpsc::Receiver<EventRecord>, logs: &dyn ConversationStore, keep: u64) {
-    while let Ok(e) = rx.recv() {
+fn write_events(rx: &mpsc::Receiver<EventJob>, logs: &dyn ConversationStore, keep: u64) {
+    while let Ok(job) = rx.recv() {
+        let e = match job {
+            EventJob::Append(e) => e,
+            EventJob::Drop(log) => {
+                if let Err(err) = logs.delete_log(log) {
+                    warn!("deleted room's event log not removed log={log}: {err}");
+                }
+                continue;
+            }
+        };
         let body = StoredEvent {
             username: e.username.to_string(),
             event: e.event.to_string(),
@@ -375,7 +391,7 @@ fn exit_of(why: Departure) -> RoomExit {
         Departure::TakenOver | Departure::Ended(SessionEnd::TakenOver) => RoomExit::TakenOver,
         Departure::Disconnected
         | Departure::HoldExpired
-        | Departure::CallEnded
+        | Departure::NothingHeld
         | Departure::Ended(SessionEnd::Kicked) => RoomExit::Disconnected,
         Departure::Ended(SessionEnd::GuestExpired) => RoomExit::Expired,
         Departure::Ended(SessionEnd::AccountDeleted) => RoomExit::DeletedAccount,
@@ -551,7 +567,7 @@ impl Hub {
             by,
         };
         // The writer is gone only if it could not start (logged then).
-        let _ = self.rooms.events.send(record);
+        let _ = self.rooms.events.send(EventJob::Append(record));
     }
 
     /// Tells each of `users` (attached: one encoding for all; held: kept in
@@ -953,10 +969,14 @@ impl Hub {
                 "user_ids must name 1 to {MAX_INVITEES} users"
             )));
         }
-        // Registered users are looked up before the state lock (storage has its own).
-        let registered: Vec<bool> = users
+        // Registered users are looked up before the state lock (storage has
+        // its own), with their names for the event log.
+        let registered: Vec<Option<Arc<str>>> = users
             .iter()
-            .map(|u| !u.is_guest() && self.users.find_by_id(*u).is_some())
+            .map(|u| {
+                let record = (!u.is_guest()).then(|| self.users.find_by_id(*u)).flatten();
+                record.map(|r| Arc::from(r.username.as_str()))
+            })
             .collect();
         let (new, unban, inviter) = {
             let state = lock(&self.state);
@@ -972,7 +992,7 @@ impl Hub {
             let mut unban = Vec::new();
             for (invitee, known) in users.iter().zip(&registered) {
                 let reachable =
-                    *known || (invitee.is_guest() && state.online.contains_key(invitee));
+                    known.is_some() || (invitee.is_guest() && state.online.contains_key(invitee));
                 if !reachable {
                     return Err(AppError::NotFound(format!("no such user: {invitee}")));
                 }
@@ -1007,18 +1027,49 @@ impl Hub {
             at: now,
         })
         .map_err(|err| AppError::Internal(err.to_string()))?;
-        for invitee in &new {
-            kv.put(INVITES, &member_key(id, *invitee), &stored)
-                .map_err(|err| storage_failed("could not store the invitation", &err))?;
+        // Either all of it reaches the disk and memory, or none of it
+        // stays (what was written is taken back, as well as it can be).
+        let undo = || {
+            for invitee in &new {
+                let _ = kv.delete(INVITES, &member_key(id, *invitee));
+            }
+            for banned in &unban {
+                let _ = kv.put(BANS, &member_key(id, *banned), b"");
+            }
+        };
+        let written = new
+            .iter()
+            .try_for_each(|invitee| kv.put(INVITES, &member_key(id, *invitee), &stored))
+            .and_then(|()| {
+                unban
+                    .iter()
+                    .try_for_each(|banned| kv.delete(BANS, &member_key(id, *banned)).map(|_| ()))
+            });
+        if let Err(err) = written {
+            undo();
+            return Err(storage_failed("could not store the invitation", &err));
         }
-        for banned in &unban {
-            kv.delete(BANS, &member_key(id, *banned))
-                .map_err(|err| storage_failed("could not lift the ban", &err))?;
-        }
+        let name_of = |u: UserId, state: &HubState| {
+            users
+                .iter()
+                .position(|x| *x == u)
+                .and_then(|i| registered[i].clone())
+                .unwrap_or_else(|| state.party(u).username)
+        };
         let mut offline = Vec::new();
         let name = {
             let mut state = lock(&self.state);
-            let entry = state.rooms.entry_mut(id)?;
+            let Ok(entry) = state.rooms.entry_mut(id) else {
+                drop(state);
+                // Deleted meanwhile: what was written must not outlive it.
+                for invitee in &new {
+                    let _ = kv.delete(INVITES, &member_key(id, *invitee));
+                }
+                for banned in &unban {
+                    let _ = kv.delete(BANS, &member_key(id, *banned));
+                }
+                return Err(AppError::NotFound("no such room".into()));
+            };
             let name: Arc<str> = Arc::from(entry.room.name.as_str());
             let mut knocked = Vec::new();
             for invitee in &new {
@@ -1039,7 +1090,7 @@ impl Hub {
             let room = entry.room.clone();
             let mut out = Outgoing::default();
             for invitee in &new {
-                let username = state.party(*invitee).username;
+                let username = name_of(*invitee, &state);
                 self.event(&room, *invitee, &username, "invited", Some(user));
                 let notice = Notice::RoomInvitation {
                     room: id,
@@ -1047,7 +1098,8 @@ impl Hub {
                     from: inviter.clone(),
                     inbox: None,
                 };
-                if state.online.get(invitee).is_some_and(|s| s.kind.v2) {
+                // A held session may never come back: the inbox keeps it.
+                if state.attached_v2(*invitee) {
                     state.tell(*invitee, notice, &mut out, &self.hold);
                 } else {
                     offline.push(*invitee);
@@ -1101,10 +1153,7 @@ impl Hub {
             );
             return;
         }
-        let online = {
-            let state = lock(&self.state);
-            state.online.get(&user).is_some_and(|s| s.kind.v2)
-        };
+        let online = lock(&self.state).attached_v2(user);
         if online {
             for notice in self.inbox_notices(user) {
                 self.delivery.to_user(user, notice);
@@ -1210,6 +1259,19 @@ impl Hub {
             .map_err(|err| storage_failed("could not store the knock", &err))?;
         let owner = {
             let mut state = lock(&self.state);
+            let admitted = match state.rooms.entry(id) {
+                Ok(entry) => entry
+                    .room
+                    .may_knock(user)
+                    .map_err(|why| AppError::Conflict(why.into())),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = admitted {
+                // Deleted, banned or invited meanwhile: the knock is void.
+                drop(state);
+                let _ = self.rooms.stores.kv.delete(KNOCKS, &member_key(id, user));
+                return Err(err);
+            }
             let entry = state.rooms.entry_mut(id)?;
             entry.room.knocks.insert(
                 user,
@@ -1219,7 +1281,7 @@ impl Hub {
                 },
             );
             let owner = entry.room.owner;
-            if state.online.get(&owner).is_some_and(|s| s.kind.v2) {
+            if state.attached_v2(owner) {
                 let mut out = Outgoing::default();
                 let notice = Notice::RoomKnock {
                     room: id,
@@ -1279,7 +1341,7 @@ impl Hub {
             if let Ok(entry) = state.rooms.entry_mut(id) {
                 entry.room.knocks.remove(&knocker);
             }
-            if state.online.get(&knocker).is_some_and(|s| s.kind.v2) {
+            if state.attached_v2(knocker) {
                 let mut out = Outgoing::default();
                 let notice = Notice::RoomKnockDenied {
                     room: id,
@@ -1312,7 +1374,11 @@ impl Hub {
         target: UserId,
         ban: bool,
     ) -> Result<bool, AppError> {
-        let (had_invite, had_knock) = {
+        let name = (!target.is_guest())
+            .then(|| self.users.find_by_id(target))
+            .flatten()
+            .map(|r| Arc::<str>::from(r.username.as_str()));
+        {
             let state = lock(&self.state);
             state.check_session(conn, user)?;
             let room = &state.rooms.entry(id)?.room;
@@ -1325,27 +1391,29 @@ impl Hub {
             if !ban && !room.has(target) {
                 return Err(AppError::Conflict("that user is not in this room".into()));
             }
-            (
-                room.invited.contains_key(&target),
-                room.knocks.contains_key(&target),
-            )
-        };
+        }
         let kv = &self.rooms.stores.kv;
         let key = member_key(id, target);
         if ban {
             kv.put(BANS, &key, b"")
                 .map_err(|err| storage_failed("could not store the ban", &err))?;
-            if had_invite {
-                kv.delete(INVITES, &key)
-                    .map_err(|err| storage_failed("could not revoke the invitation", &err))?;
-            }
-            if had_knock {
-                kv.delete(KNOCKS, &key)
-                    .map_err(|err| storage_failed("could not remove the knock", &err))?;
+            // Whatever invitation or knock exists by now goes with the ban
+            // (a missing key is no error). Should a removal fail, the ban
+            // still wins at the door.
+            for ns in [INVITES, KNOCKS] {
+                if let Err(err) = kv.delete(ns, &key) {
+                    warn!("not removed with a ban room_id={id} user_id={target} from={ns}: {err}");
+                }
             }
         }
         let mut state = lock(&self.state);
-        let entry = state.rooms.entry_mut(id)?;
+        let Ok(entry) = state.rooms.entry_mut(id) else {
+            drop(state);
+            if ban {
+                let _ = kv.delete(BANS, &key);
+            }
+            return Err(AppError::NotFound("no such room".into()));
+        };
         if ban {
             entry.room.banned.insert(target);
             entry.room.invited.remove(&target);
@@ -1361,9 +1429,12 @@ impl Hub {
                 RoomExit::Kicked
             };
             self.put_out(&mut state, id, target, why, Some(user), &mut out);
-        } else {
-            let username = state.party(target).username;
+            self.release_idle_hold(&mut state, target, &mut out);
+        } else if ban {
+            let username = name.unwrap_or_else(|| state.party(target).username);
             self.event(&room, target, &username, "banned", Some(user));
+        } else {
+            return Err(AppError::Conflict("that user is not in this room".into()));
         }
         info!("room kick room_id={id} user_id={target} by={user} ban={ban}");
         self.commit(state, Before(Vec::new()), out);
@@ -1436,7 +1507,12 @@ impl Hub {
                 .put(ROOMS, &room_key(id), &bytes)
                 .map_err(|err| storage_failed("could not store the room", &err))?;
             let mut state = lock(&self.state);
-            let entry = state.rooms.entry_mut(id)?;
+            let Ok(entry) = state.rooms.entry_mut(id) else {
+                // Deleted meanwhile: the record just written must not bring it back.
+                drop(state);
+                let _ = self.rooms.stores.kv.delete(ROOMS, &room_key(id));
+                return Err(AppError::NotFound("no such room".into()));
+            };
             if entry.version == version {
                 apply(&mut entry.room.settings);
                 entry.version += 1;
@@ -1491,13 +1567,27 @@ impl Hub {
                 Notice::RoomDeleted { room: id },
                 &mut out,
             );
+            for member in &entry.room.participants {
+                self.release_idle_hold(&mut state, *member, &mut out);
+            }
+            // Behind every event already queued for it.
+            let _ = self
+                .rooms
+                .events
+                .send(EventJob::Drop(ConversationId(entry.room.event_log)));
             info!("room deleted room_id={id} by={user}");
             self.commit(state, Before(Vec::new()), out);
             entry.room
         };
+        // The record goes last: should anything before it fail, the room
+        // comes back at the next restart (and can be deleted again) rather
+        // than leaving its chat and invitations behind unreachable.
         let stores = &self.rooms.stores;
         let failed = |err: StorageError| storage_failed("could not delete the room", &err);
-        stores.kv.delete(ROOMS, &room_key(id)).map_err(failed)?;
+        stores
+            .logs
+            .delete_log(ConversationId(room.chat_log))
+            .map_err(failed)?;
         for ns in [INVITES, BANS, KNOCKS] {
             for (key, _) in stores
                 .kv
@@ -1507,15 +1597,24 @@ impl Hub {
                 stores.kv.delete(ns, &key).map_err(failed)?;
             }
         }
-        stores
-            .logs
-            .delete_log(ConversationId(room.chat_log))
-            .map_err(failed)?;
-        stores
-            .logs
-            .delete_log(ConversationId(room.event_log))
-            .map_err(failed)?;
+        stores.kv.delete(ROOMS, &room_key(id)).map_err(failed)?;
         Ok(())
+    }
+
+    /// Ends a held session that has nothing left to come back to: no call
+    /// and no room (it was kicked, or its last room deleted). It must not
+    /// stay online, and callable, without a connection.
+    fn release_idle_hold(&self, state: &mut HubState, user: UserId, out: &mut Outgoing) {
+        let idle = state
+            .online
+            .get(&user)
+            .is_some_and(|s| s.detached.is_some())
+            && state.calls.call_of(user).is_none()
+            && !state.rooms.is_in_any(user);
+        if idle && let Some(session) = self.leave(state, user, Departure::NothingHeld, out) {
+            info!("held session ended with its last room user_id={user}");
+            out.gone.push((user, session.username));
+        }
     }
 
     /// ROOM_MESSAGE_REQUEST: stores the message, then delivers it to every
@@ -1587,9 +1686,19 @@ impl Hub {
         });
         let mut state = lock(&self.state);
         let mut out = Outgoing::default();
-        if let Some(entry) = state.rooms.by_id.get_mut(&id)
-            && entry.room.chat_log == log.0
-        {
+        let live = state
+            .rooms
+            .by_id
+            .get(&id)
+            .is_some_and(|e| e.room.chat_log == log.0);
+        if !live {
+            // Deleted while this was written: the append made the log
+            // exist again; it goes with the room.
+            drop(state);
+            let _ = self.rooms.stores.logs.delete_log(log);
+            return Err(AppError::NotFound("no such room".into()));
+        }
+        if let Some(entry) = state.rooms.by_id.get_mut(&id) {
             entry.pending.insert(seq, line);
             let mut ready = Vec::new();
             while let Some(next) = entry.pending.remove(&(entry.delivered + 1)) {

@@ -264,7 +264,13 @@ impl Hub {
             && !state.stopping
             && !self.hold.grace.is_zero();
         if !hold {
-            self.remove_session(state, user, Departure::Disconnected);
+            // A connection closed by the shutdown is the server's doing.
+            let why = if state.stopping {
+                Departure::Ended(SessionEnd::ShuttingDown)
+            } else {
+                Departure::Disconnected
+            };
+            self.remove_session(state, user, why);
             return;
         }
         let until = Instant::now() + self.hold.grace;
