@@ -78,7 +78,6 @@ mod rooms;
 pub(crate) use rooms::room_view;
 mod sessions;
 
-use auth::*;
 use sessions::*;
 
 impl Connection {

@@ -93,7 +93,9 @@ impl Connection {
             "hello conn={} protocol={} client={}",
             self.id,
             self.protocol,
-            h.client_name.as_deref().map_or("-".into(), loggable_name)
+            h.client_name
+                .as_deref()
+                .map_or("-".into(), loggable_client_name)
         );
         let limits = &self.shared.limits;
         let idle = limits.idle_timeout.as_secs().max(1);
@@ -263,4 +265,20 @@ pub(super) fn ice_entries(list: &IceServers) -> Vec<IceServerEntry> {
             credential: s.credential.clone(),
         })
         .collect()
+}
+
+/// HELLO's `client_name` for the log: a product token such as
+/// `switchboard-cli/0.3.0` as sent; anything else only by its length, so a
+/// client cannot write arbitrary text into the log.
+fn loggable_client_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" -_./+()".contains(&b));
+    if plain {
+        name.to_string()
+    } else {
+        format!("<{} bytes>", name.len())
+    }
 }
