@@ -1070,6 +1070,27 @@ impl Hub {
                 }
                 return Err(AppError::NotFound("no such room".into()));
             };
+            // Checked again: concurrent invitations may have filled the room's
+            // allowance since the first look.
+            let max = self.rooms.limits.max_invitations_per_room;
+            let adding: Vec<UserId> = new
+                .iter()
+                .copied()
+                .filter(|u| !entry.room.invited.contains_key(u))
+                .collect();
+            if entry.room.invited.len() + adding.len() > max {
+                drop(state);
+                // Only what no other invitation stands behind is taken back.
+                for invitee in &adding {
+                    let _ = kv.delete(INVITES, &member_key(id, *invitee));
+                }
+                for banned in &unban {
+                    let _ = kv.put(BANS, &member_key(id, *banned), b"");
+                }
+                return Err(AppError::Forbidden(format!(
+                    "this room has the most pending invitations allowed ({max})"
+                )));
+            }
             let name: Arc<str> = Arc::from(entry.room.name.as_str());
             let mut knocked = Vec::new();
             for invitee in &new {
