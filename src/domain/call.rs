@@ -130,18 +130,20 @@ pub struct CallBook {
     calls: HashMap<CallId, Call>,
     by_user: HashMap<UserId, CallId>,
     deadlines: BTreeSet<(Instant, CallId)>,
-    next_id: u64,
+}
+
+impl Default for CallBook {
+    fn default() -> CallBook {
+        CallBook::new()
+    }
 }
 
 impl CallBook {
-    /// `first_id` seeds the id sequence; seeding it from the wall clock keeps ids
-    /// from repeating across restarts.
-    pub fn new(first_id: u64) -> CallBook {
+    pub fn new() -> CallBook {
         CallBook {
             calls: HashMap::new(),
             by_user: HashMap::new(),
             deadlines: BTreeSet::new(),
-            next_id: first_id,
         }
     }
 
@@ -175,12 +177,14 @@ impl CallBook {
         }
     }
 
-    /// Starts ringing `callee`, provided neither party is in a call.
+    /// Starts ringing `callee` as call `id` (new, from the id store),
+    /// provided neither party is in a call.
     ///
     /// # Errors
     /// `SelfCall`, `CallerBusy` or `CalleeBusy`.
     pub fn ring(
         &mut self,
+        id: CallId,
         caller: UserId,
         callee: UserId,
         deadline: Instant,
@@ -194,8 +198,6 @@ impl CallBook {
         if self.by_user.contains_key(&callee) {
             return Err(CallError::CalleeBusy);
         }
-        let id = CallId(self.next_id);
-        self.next_id += 1;
         let call = Call {
             id,
             caller,
@@ -350,6 +352,13 @@ pub enum Answered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh call id, as the id store would give.
+    fn next_id() -> CallId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(100);
+        CallId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
     use std::time::Duration;
 
     const A: UserId = UserId(1);
@@ -357,14 +366,16 @@ mod tests {
     const C: UserId = UserId(3);
 
     fn book() -> (CallBook, Instant) {
-        (CallBook::new(100), Instant::now())
+        (CallBook::new(), Instant::now())
     }
 
     /// Ringing makes the caller Busy and leaves the callee Available until accepted.
     #[test]
     fn accepting_a_call_makes_both_parties_busy() {
         let (mut book, now) = book();
-        let call = book.ring(A, B, now + Duration::from_secs(30)).unwrap();
+        let call = book
+            .ring(next_id(), A, B, now + Duration::from_secs(30))
+            .unwrap();
         assert_eq!(book.state_of(A), UserState::Busy);
         assert_eq!(book.state_of(B), UserState::Available);
         assert_eq!(
@@ -387,12 +398,12 @@ mod tests {
     #[test]
     fn one_call_per_user_at_a_time() {
         let (mut book, now) = book();
-        assert_eq!(book.ring(A, A, now), Err(CallError::SelfCall));
-        book.ring(A, B, now).unwrap();
-        assert_eq!(book.ring(A, C, now), Err(CallError::CallerBusy));
-        assert_eq!(book.ring(C, B, now), Err(CallError::CalleeBusy));
-        assert_eq!(book.ring(C, A, now), Err(CallError::CalleeBusy));
-        assert_eq!(book.ring(B, C, now), Err(CallError::CallerBusy));
+        assert_eq!(book.ring(next_id(), A, A, now), Err(CallError::SelfCall));
+        book.ring(next_id(), A, B, now).unwrap();
+        assert_eq!(book.ring(next_id(), A, C, now), Err(CallError::CallerBusy));
+        assert_eq!(book.ring(next_id(), C, B, now), Err(CallError::CalleeBusy));
+        assert_eq!(book.ring(next_id(), C, A, now), Err(CallError::CalleeBusy));
+        assert_eq!(book.ring(next_id(), B, C, now), Err(CallError::CallerBusy));
         book.check_invariants();
     }
 
@@ -400,7 +411,7 @@ mod tests {
     #[test]
     fn declining_ends_the_call() {
         let (mut book, now) = book();
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         let Ok(Answered::Declined(ended)) = book.answer(call.id, B, false) else {
             panic!()
         };
@@ -414,7 +425,7 @@ mod tests {
     #[test]
     fn answers_are_checked() {
         let (mut book, now) = book();
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         assert_eq!(book.answer(call.id, A, true), Err(CallError::NotCallee));
         assert_eq!(book.answer(call.id, C, true), Err(CallError::NotAParty));
         book.answer(call.id, B, true).unwrap();
@@ -429,7 +440,7 @@ mod tests {
     #[test]
     fn relay_needs_an_active_call_and_a_party() {
         let (mut book, now) = book();
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         assert_eq!(book.relay_peer(call.id, A), Err(CallError::NotActive));
         book.answer(call.id, B, true).unwrap();
         assert_eq!(book.relay_peer(call.id, A), Ok(B));
@@ -442,15 +453,15 @@ mod tests {
     #[test]
     fn hangup_reason_depends_on_phase_and_party() {
         let (mut book, now) = book();
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         assert_eq!(book.hang_up(Some(call.id), C), Err(CallError::NotAParty));
         assert_eq!(book.hang_up(None, A).unwrap().reason, EndReason::Cancelled);
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         assert_eq!(
             book.hang_up(Some(call.id), B).unwrap().reason,
             EndReason::Declined
         );
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         book.answer(call.id, B, true).unwrap();
         assert_eq!(
             book.hang_up(Some(call.id), B).unwrap().reason,
@@ -466,9 +477,11 @@ mod tests {
     fn ringing_calls_expire_at_their_deadline() {
         let (mut book, now) = book();
         let s = Duration::from_secs;
-        let early = book.ring(A, B, now + s(10)).unwrap();
-        let late = book.ring(C, UserId(4), now + s(20)).unwrap();
-        let answered = book.ring(UserId(5), UserId(6), now + s(5)).unwrap();
+        let early = book.ring(next_id(), A, B, now + s(10)).unwrap();
+        let late = book.ring(next_id(), C, UserId(4), now + s(20)).unwrap();
+        let answered = book
+            .ring(next_id(), UserId(5), UserId(6), now + s(5))
+            .unwrap();
         book.answer(answered.id, UserId(6), true).unwrap();
         assert_eq!(book.next_deadline(), Some(now + s(10)));
         assert!(book.expire(now + s(9)).is_empty());
@@ -488,8 +501,8 @@ mod tests {
     #[test]
     fn end_all_ends_every_call() {
         let (mut book, now) = book();
-        book.ring(A, B, now).unwrap();
-        let active = book.ring(C, UserId(4), now).unwrap();
+        book.ring(next_id(), A, B, now).unwrap();
+        let active = book.ring(next_id(), C, UserId(4), now).unwrap();
         book.answer(active.id, UserId(4), true).unwrap();
         let ended = book.end_all();
         assert_eq!(ended.len(), 2);
@@ -507,7 +520,7 @@ mod tests {
     fn leaving_ends_the_call() {
         let (mut book, now) = book();
         assert_eq!(book.leave(A), None);
-        let call = book.ring(A, B, now).unwrap();
+        let call = book.ring(next_id(), A, B, now).unwrap();
         let ended = book.leave(B).unwrap();
         assert_eq!(
             (ended.call.id, ended.reason, ended.by),

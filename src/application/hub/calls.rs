@@ -2,6 +2,7 @@
 //! hang-ups, and what a call does when one of its parties leaves.
 
 use super::*;
+use crate::application::store::IdKind;
 
 impl Hub {
     /// CALL_REQUEST: rings `callee` on behalf of `caller`.
@@ -14,6 +15,12 @@ impl Hub {
         }
         // Looked up before taking the hub lock: storage has its own.
         let known = self.users.find_by_id(callee).is_some();
+        // From the id store (never reused after a restart; a cluster's store
+        // hands them out across nodes). An id a refused call took is skipped.
+        let id = self.rooms_ids().next(IdKind::Call).map_err(|err| {
+            log::warn!("no call id: {err}");
+            AppError::Internal("could not reserve a call id; try again".into())
+        })?;
         let mut state = lock(&self.state);
         state.check_session(conn, caller)?;
         if state.stopping {
@@ -31,9 +38,12 @@ impl Hub {
             (callee, state.party(callee).username),
         ];
         let before = Before::take(&state, &touched);
-        let call = state
-            .calls
-            .ring(caller, callee, Instant::now() + self.ringing_timeout)?;
+        let call = state.calls.ring(
+            CallId(id),
+            caller,
+            callee,
+            Instant::now() + self.ringing_timeout,
+        )?;
         let mut out = Outgoing::default();
         let ring = Notice::IncomingCall {
             call_id: call.id,

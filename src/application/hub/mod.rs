@@ -411,11 +411,10 @@ impl Hub {
         rooms: (RoomStores, RoomLimits),
         metrics: Arc<Metrics>,
     ) -> Hub {
-        let first_call_id = crate::clock::unix_millis().max(1);
         Hub {
             state: Mutex::new(HubState {
                 online: HashMap::new(),
-                calls: CallBook::new(first_call_id),
+                calls: CallBook::new(),
                 deadlines: BTreeSet::new(),
                 guests: BTreeSet::new(),
                 presence_due: None,
