@@ -294,9 +294,42 @@ impl Authenticator {
         } else {
             String::new()
         };
-        // One person's typos must not lock out everyone behind a shared
-        // address, so an exempt address has no per-address back-off; each
-        // username still has its own.
+        let mut user = None;
+        let matched = self.under_backoff(
+            key,
+            valid_name,
+            from,
+            "too many failed logins for this username",
+            || {
+                user = valid_name
+                    .then(|| self.users.find_by_name(username))
+                    .flatten();
+                self.hasher
+                    .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()))
+            },
+        )?;
+        match user {
+            Some(user) if matched => Ok(user),
+            _ => Err(AppError::InvalidCredentials),
+        }
+    }
+
+    /// Runs `attempt` (a password check) under the back-off of `key` and of
+    /// the address `from`: refused with 429 before any hashing while either
+    /// backs off; afterwards a failure counts for both (for `key` only if
+    /// `remember`), a success clears `key`. Returns whether it succeeded.
+    ///
+    /// One person's typos must not lock out everyone behind a shared address,
+    /// so an exempt address has no per-address back-off; each key still has
+    /// its own.
+    fn under_backoff(
+        &self,
+        key: String,
+        remember: bool,
+        from: IpAddr,
+        too_many: &str,
+        attempt: impl FnOnce() -> bool,
+    ) -> Result<bool, AppError> {
         let count_address = !self.is_exempt(from);
         {
             let now = Instant::now();
@@ -304,38 +337,27 @@ impl Authenticator {
             throttles
                 .users
                 .check(&key, now)
-                .map_err(|wait| rate_limited("too many failed logins for this username", wait))?;
+                .map_err(|wait| rate_limited(too_many, wait))?;
             if count_address {
                 throttles.ips.check(&from, now).map_err(|wait| {
                     rate_limited("too many failed logins from your address", wait)
                 })?;
             }
         }
-        let user = if valid_name {
-            self.users.find_by_name(username)
-        } else {
-            None
-        };
-        let ok = self
-            .hasher
-            .verify(secret, user.as_ref().map(|u| u.password_hash.as_str()));
+        let ok = attempt();
         let mut throttles = self.throttles();
-        match user {
-            Some(user) if ok => {
-                throttles.users.succeed(&key);
-                Ok(user)
+        if ok {
+            throttles.users.succeed(&key);
+        } else {
+            let now = Instant::now();
+            if remember {
+                throttles.users.fail(&key, now);
             }
-            _ => {
-                let now = Instant::now();
-                if valid_name {
-                    throttles.users.fail(&key, now);
-                }
-                if count_address {
-                    throttles.ips.fail(&from, now);
-                }
-                Err(AppError::InvalidCredentials)
+            if count_address {
+                throttles.ips.fail(&from, now);
             }
         }
+        Ok(ok)
     }
 }
 
@@ -364,31 +386,13 @@ impl Authenticator {
         hash: &str,
     ) -> Result<(), AppError> {
         let key = format!("room-password:{user}");
-        let count_address = !self.is_exempt(from);
-        {
-            let now = Instant::now();
-            let throttles = self.throttles();
-            throttles
-                .users
-                .check(&key, now)
-                .map_err(|wait| rate_limited("too many wrong room passwords", wait))?;
-            if count_address {
-                throttles.ips.check(&from, now).map_err(|wait| {
-                    rate_limited("too many failed logins from your address", wait)
-                })?;
-            }
-        }
-        let ok =
-            check_room_password_text(password).is_ok() && self.hasher.verify(password, Some(hash));
-        let mut throttles = self.throttles();
-        if ok {
-            throttles.users.succeed(&key);
+        let matched =
+            self.under_backoff(key, true, from, "too many wrong room passwords", || {
+                check_room_password_text(password).is_ok()
+                    && self.hasher.verify(password, Some(hash))
+            })?;
+        if matched {
             return Ok(());
-        }
-        let now = Instant::now();
-        throttles.users.fail(&key, now);
-        if count_address {
-            throttles.ips.fail(&from, now);
         }
         Err(AppError::Unauthorized("wrong room password".into()))
     }

@@ -225,6 +225,26 @@ pub fn scan_user_list(json: &str, mut each: impl FnMut(&str, &str)) {
     }
 }
 
+/// Writes what `out` holds to a non-blocking `stream` until it would block;
+/// what was written leaves `out`.
+///
+/// # Errors
+/// The socket's, or `WriteZero`.
+pub(super) fn write_pending(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

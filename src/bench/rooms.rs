@@ -23,7 +23,7 @@
 //! after the chat: its growth over the messages posted says how many times a
 //! message was encoded (once is the goal: one encoding shared by the room).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -197,18 +197,7 @@ impl Member {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        super::client::write_pending(&mut self.stream, &mut self.out)
     }
 
     fn join(&mut self, room_id: &str) {
