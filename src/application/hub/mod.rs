@@ -6,7 +6,8 @@
 //! [`sessions`] (login, guests, RESUME and held calls, logout, disconnects),
 //! [`calls`] (ringing, answering, the relay, hang-ups), [`presence`] (the
 //! user list, batches), [`rooms`] (the door, the mesh relay, chat in seq
-//! order, moderation, the offline inbox). Streams come as a file beside
+//! order, moderation), [`inbox`] (notices kept for users not attached,
+//! delivered after a login). Streams come as a file beside
 //! them, adding its step to [`ON_LEAVE`].
 //!
 //! # Locks, and their order
@@ -61,6 +62,7 @@
 //! overflows) the session ends as any disconnect does.
 
 mod calls;
+mod inbox;
 mod presence;
 mod rooms;
 mod sessions;

@@ -35,9 +35,10 @@ use std::sync::mpsc;
 use log::warn;
 use serde::{Deserialize, Serialize};
 
+use super::inbox::InboxItem;
 use super::*;
 use crate::application::auth::Authenticator;
-use crate::application::ports::{FromInbox, RoomExit, RoomLine, RoomView, Scope};
+use crate::application::ports::{RoomExit, RoomLine, RoomView, Scope};
 use crate::application::store::{
     Anchor, ConversationId, ConversationStore, IdKind, IdSource, Inbox, KvStore, NewMessage,
     StorageError,
@@ -57,8 +58,6 @@ const KNOCKS: &str = "room_knocks";
 pub const MAX_INVITEES: usize = 100;
 /// The most messages or events one page returns.
 pub const MAX_PAGE: usize = 200;
-/// Pending inbox notices delivered at one login.
-const INBOX_BATCH: usize = 1000;
 /// The longest client message id.
 const MAX_CLIENT_MSG_ID: usize = 128;
 
@@ -73,7 +72,7 @@ pub struct RoomStores {
 
 /// Rooms' part of the hub outside the state lock.
 pub(super) struct Rooms {
-    stores: RoomStores,
+    pub(super) stores: RoomStores,
     limits: RoomLimits,
     events: mpsc::Sender<EventJob>,
     /// Knocks per user per minute.
@@ -285,74 +284,6 @@ struct StoredLine {
     text: String,
 }
 
-/// What the offline inbox holds for rooms.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind")]
-enum InboxItem {
-    #[serde(rename = "room_invitation")]
-    Invitation {
-        room: u64,
-        name: String,
-        from: u64,
-        from_username: String,
-    },
-    #[serde(rename = "room_knock")]
-    Knock {
-        room: u64,
-        user: u64,
-        username: String,
-        text: String,
-    },
-    #[serde(rename = "room_knock_denied")]
-    KnockDenied { room: u64 },
-}
-
-impl InboxItem {
-    fn kind(&self) -> &'static str {
-        match self {
-            InboxItem::Invitation { .. } => "room_invitation",
-            InboxItem::Knock { .. } => "room_knock",
-            InboxItem::KnockDenied { .. } => "room_knock_denied",
-        }
-    }
-
-    fn into_notice(self, user: UserId, inbox: FromInbox) -> Notice {
-        let party = |id: u64, name: String| Party {
-            id: UserId(id),
-            username: Arc::from(name),
-        };
-        match self {
-            InboxItem::Invitation {
-                room,
-                name,
-                from,
-                from_username,
-            } => Notice::RoomInvitation {
-                room: RoomId(room),
-                name: Arc::from(name),
-                from: party(from, from_username),
-                inbox: Some(inbox),
-            },
-            InboxItem::Knock {
-                room,
-                user: knocker,
-                username,
-                text,
-            } => Notice::RoomKnock {
-                room: RoomId(room),
-                knocker: party(knocker, username),
-                text,
-                inbox: Some(inbox),
-            },
-            InboxItem::KnockDenied { room } => Notice::RoomKnockDenied {
-                room: RoomId(room),
-                user,
-                inbox: Some(inbox),
-            },
-        }
-    }
-}
-
 fn room_key(id: RoomId) -> String {
     format!("{:020}", id.0)
 }
@@ -361,7 +292,7 @@ fn member_key(room: RoomId, user: UserId) -> String {
     format!("{:020}/{:020}", room.0, user.0)
 }
 
-fn storage_failed(what: &str, err: &StorageError) -> AppError {
+pub(super) fn storage_failed(what: &str, err: &StorageError) -> AppError {
     warn!("{what}: {err}");
     AppError::Internal(format!("{what}; try again"))
 }
@@ -1150,79 +1081,6 @@ impl Hub {
             }
         }
         Ok(invited)
-    }
-
-    /// Queues `item` in `user`'s inbox; if the user came online meanwhile,
-    /// delivers what is pending at once (the login may have read the inbox
-    /// before this push). Guests have no inbox.
-    fn to_inbox(&self, user: UserId, item: &InboxItem) {
-        if user.is_guest() {
-            return;
-        }
-        let Ok(body) = serde_json::to_vec(item) else {
-            return;
-        };
-        if let Err(err) =
-            self.rooms
-                .stores
-                .inbox
-                .push(user, item.kind(), crate::clock::unix_millis(), &body)
-        {
-            warn!(
-                "inbox notice not stored user_id={user} kind={}: {err}",
-                item.kind()
-            );
-            return;
-        }
-        let online = lock(&self.state).attached_v2(user);
-        if online {
-            for notice in self.inbox_notices(user) {
-                self.delivery.to_user(user, notice);
-            }
-        }
-    }
-
-    /// What `user`'s inbox holds, as the notices to deliver after a login.
-    pub fn inbox_notices(&self, user: UserId) -> Vec<Notice> {
-        if user.is_guest() {
-            return Vec::new();
-        }
-        let batch = match self.rooms.stores.inbox.pending(user, INBOX_BATCH) {
-            Ok(batch) => batch,
-            Err(err) => {
-                warn!("inbox not read user_id={user}: {err}");
-                return Vec::new();
-            }
-        };
-        let mut dropped = batch.dropped;
-        batch
-            .notices
-            .into_iter()
-            .filter_map(|n| {
-                let item: InboxItem = serde_json::from_slice(&n.body).ok()?;
-                let from = FromInbox {
-                    id: n.id,
-                    dropped: std::mem::take(&mut dropped),
-                };
-                Some(item.into_notice(user, from))
-            })
-            .collect()
-    }
-
-    /// INBOX_ACK_REQUEST: removes `user`'s notices up to `through`.
-    ///
-    /// # Errors
-    /// 500 if the removal could not be written.
-    pub fn inbox_ack(&self, conn: ConnId, user: UserId, through: u64) -> Result<usize, AppError> {
-        self.check_session(conn, user)?;
-        if user.is_guest() {
-            return Ok(0);
-        }
-        self.rooms
-            .stores
-            .inbox
-            .ack(user, through)
-            .map_err(|err| storage_failed("could not remove the notices", &err))
     }
 
     /// ROOM_KNOCK_REQUEST: asks the owner to be let in.
