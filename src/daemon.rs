@@ -27,7 +27,7 @@ use crate::infrastructure::{
     CONVERSATIONS_FILE, ConversationFile, InboxLimits, STATE_FILE, StateFile,
 };
 use crate::infrastructure::{
-    DataDirLock, LoadError, LockError, RevocationFile, Role, SessionFileError, UsersFile,
+    DataDirLock, LoadError, LockError, RevocationFile, Role, TokenFileError, UsersFile,
     load_or_create_secret,
 };
 use crate::tcp::{
@@ -52,7 +52,7 @@ pub enum StartError {
     /// users.txt is unreadable or malformed.
     Data(LoadError),
     /// The session secret or the revocation journal is unusable.
-    Sessions(SessionFileError),
+    Sessions(TokenFileError),
     /// A journal (rooms, messages, inboxes, ids) cannot be opened.
     Journal(OpenError),
     /// The data directory cannot be used: it cannot be created, is a file, or

@@ -15,7 +15,7 @@ use log::{info, warn};
 use super::auth::Authenticator;
 use super::error::AppError;
 use super::hub::Hub;
-use super::ports::{SessionEnd, SessionStore, StoreError, UserRecord, UserStore};
+use super::ports::{RevocationStore, SessionEnd, StoreError, UserRecord, UserStore};
 use crate::domain::UserId;
 
 /// A registered user as the operator sees it: never the password hash.
@@ -56,7 +56,7 @@ pub struct Kicked {
 pub struct UserAdmin {
     users: Arc<dyn UserStore>,
     auth: Arc<Authenticator>,
-    revocations: Arc<dyn SessionStore>,
+    revocations: Arc<dyn RevocationStore>,
     /// The running daemon's hub; `None` when working on the files of a stopped one.
     sessions: Option<Arc<Hub>>,
 }
@@ -65,7 +65,7 @@ impl UserAdmin {
     pub fn new(
         users: Arc<dyn UserStore>,
         auth: Arc<Authenticator>,
-        revocations: Arc<dyn SessionStore>,
+        revocations: Arc<dyn RevocationStore>,
         sessions: Option<Arc<Hub>>,
     ) -> UserAdmin {
         UserAdmin {

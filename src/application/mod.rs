@@ -4,6 +4,7 @@
 //! delivery to other users through [`Delivery`] (addressed by user, never by
 //! connection); the tcp and infrastructure layers implement them.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod error;
@@ -13,13 +14,14 @@ pub mod ports;
 pub mod store;
 pub mod tokens;
 
+pub use accounts::{Accounts, GuestAdmitted, ResumeError};
 pub use admin::UserAdmin;
 pub use auth::{Authenticator, PasswordHasher};
 pub use error::AppError;
 pub use hub::{Hub, HubStats};
 pub use ice::{IceServer, IceServers, IceSettings};
 pub use ports::{
-    Broadcast, ConnId, Delivery, Notice, Party, SessionEnd, SessionStore, Signal, StoreError,
+    Broadcast, ConnId, Delivery, Notice, Party, RevocationStore, SessionEnd, Signal, StoreError,
     UserListing, UserRecord, UserStore,
 };
 pub use tokens::{Issued, SessionTokens};

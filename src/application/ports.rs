@@ -73,7 +73,7 @@ pub trait UserStore: Send + Sync {
 
 /// Revocation of session tokens: each user has a generation, written into
 /// every token issued to them; raising it revokes all of those tokens at once.
-pub trait SessionStore: Send + Sync {
+pub trait RevocationStore: Send + Sync {
     fn generation(&self, user: UserId) -> u64;
     /// Raises `user`'s generation and returns the new one, once it is durable.
     ///

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::error::AppError;
-use super::ports::{SessionStore, UserRecord, UserStore};
+use super::ports::{RevocationStore, UserRecord, UserStore};
 use crate::domain::UserId;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -52,7 +52,7 @@ pub struct SessionTokens {
     key: [u8; 32],
     ttl_secs: u64,
     users: Arc<dyn UserStore>,
-    revocations: Arc<dyn SessionStore>,
+    revocations: Arc<dyn RevocationStore>,
 }
 
 fn invalid() -> AppError {
@@ -64,7 +64,7 @@ impl SessionTokens {
         key: [u8; 32],
         ttl_secs: u64,
         users: Arc<dyn UserStore>,
-        revocations: Arc<dyn SessionStore>,
+        revocations: Arc<dyn RevocationStore>,
     ) -> SessionTokens {
         SessionTokens {
             key,
@@ -190,7 +190,7 @@ mod tests {
     #[derive(Default)]
     struct Generations(Mutex<HashMap<UserId, u64>>);
 
-    impl SessionStore for Generations {
+    impl RevocationStore for Generations {
         fn generation(&self, user: UserId) -> u64 {
             *self.0.lock().unwrap().get(&user).unwrap_or(&0)
         }

@@ -19,8 +19,8 @@ pub struct Client {
     inbuf: Vec<u8>,
 }
 
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 impl Client {
@@ -75,15 +75,16 @@ impl Client {
     /// End of stream, a read error or an oversized frame.
     pub fn recv(&mut self) -> io::Result<Option<RawFrame>> {
         loop {
-            let decoded = frame::decode(&self.inbuf, MAX_FRAME)
-                .map_err(|e| invalid(e.to_string()))?
-                .map(|(d, used)| {
-                    let owned = match d {
-                        Decoded::Frame { kind, payload } => Some((kind, payload.to_vec())),
-                        Decoded::Empty => None,
-                    };
-                    (owned, used)
-                });
+            let decoded =
+                frame::decode(&self.inbuf, MAX_FRAME)
+                    .map_err(invalid)?
+                    .map(|(d, used)| {
+                        let owned = match d {
+                            Decoded::Frame { kind, payload } => Some((kind, payload.to_vec())),
+                            Decoded::Empty => None,
+                        };
+                        (owned, used)
+                    });
             if let Some((owned, used)) = decoded {
                 self.inbuf.drain(..used);
                 match owned {
@@ -154,7 +155,7 @@ impl Client {
         match self.expect(MessageType::LoginResponse, 60)? {
             ServerMessage::LoginResponse(r) if r.success => r
                 .user_id
-                .ok_or_else(|| invalid("LOGIN_RESPONSE without user_id".into())),
+                .ok_or_else(|| invalid("LOGIN_RESPONSE without user_id")),
             other => Err(invalid(format!("login of {username} failed: {other:?}"))),
         }
     }

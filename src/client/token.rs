@@ -298,7 +298,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::tcp::message::{LogoutResponse, SessionOutcome};
+    use crate::tcp::message::{AccountOutcome, LogoutResponse};
 
     fn token(name: &str, value: &str) -> StoredToken {
         StoredToken {
@@ -428,7 +428,7 @@ mod tests {
         };
         assert_eq!(saved, TokenChange::Saved(expected.clone()));
         assert_eq!(file.load().unwrap(), Some(expected));
-        let outcome = |token: &str| SessionOutcome {
+        let outcome = |token: &str| AccountOutcome {
             success: true,
             session_token: Some(token.into()),
             expires_at: Some(6),
@@ -481,7 +481,7 @@ mod tests {
         );
         assert!(!file.path().exists());
         // Logged out: a refresh answer (there cannot be one) has no user to save under.
-        let refresh = ServerMessage::TokenRefreshResponse(SessionOutcome {
+        let refresh = ServerMessage::TokenRefreshResponse(AccountOutcome {
             success: true,
             session_token: Some("sb1.x".into()),
             ..Default::default()
@@ -491,7 +491,7 @@ mod tests {
             TokenChange::Unchanged
         );
         keeper.observe(&frame(&login)).unwrap();
-        let deleted = ServerMessage::AccountDeleteResponse(SessionOutcome {
+        let deleted = ServerMessage::AccountDeleteResponse(AccountOutcome {
             success: true,
             ..Default::default()
         });

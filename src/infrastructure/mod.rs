@@ -8,13 +8,13 @@ pub mod conversations;
 pub mod fsutil;
 pub mod journal;
 pub mod lock;
-pub mod session_files;
 pub mod state_file;
+pub mod token_files;
 pub mod users_file;
 
 pub use conversations::{CONVERSATIONS_FILE, ConversationFile};
 pub use journal::{Journal, OpenError as JournalOpenError};
 pub use lock::{DataDirLock, Holder, LockError, Role};
-pub use session_files::{RevocationFile, SessionFileError, load_or_create_secret};
 pub use state_file::{InboxLimits, STATE_FILE, StateFile};
+pub use token_files::{RevocationFile, TokenFileError, load_or_create_secret};
 pub use users_file::{LoadError, UsersFile};

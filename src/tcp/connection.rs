@@ -489,7 +489,7 @@ impl Connection {
         Metrics::count(&self.shared.metrics.frames_in[usize::from(kind)]);
         match Request::decode(kind, payload) {
             Ok(request) => self.dispatch(request, payload.len()),
-            Err(err) => self.reply_error(AppError::BadRequest(err.message), err.req_id),
+            Err(err) => self.reply_error(AppError::BadRequest(err.fault.to_string()), err.req_id),
         }
     }
 

@@ -20,8 +20,8 @@ use super::transport::{Transport, accept_tls};
 use crate::application::auth::AuthLimits;
 use crate::application::hub::{HoldLimits, HubSettings, RoomStores};
 use crate::application::{
-    Authenticator, Delivery, Hub, IceSettings, PasswordHasher, SessionEnd, SessionStore,
-    SessionTokens, UserAdmin, UserStore,
+    Accounts, Authenticator, Delivery, Hub, IceSettings, PasswordHasher, RevocationStore,
+    SessionEnd, SessionTokens, UserAdmin, UserStore,
 };
 use crate::domain::RoomLimits;
 use crate::domain::limits::Cidr;
@@ -82,7 +82,7 @@ pub struct SessionSettings {
 /// What the server keeps on disk: users, token revocations, the token secret.
 pub struct Storage {
     pub users: Arc<dyn UserStore>,
-    pub revocations: Arc<dyn SessionStore>,
+    pub revocations: Arc<dyn RevocationStore>,
     pub session_secret: [u8; 32],
     /// Rooms' records, chat and event logs, inboxes and ids.
     pub rooms: RoomStores,
@@ -92,11 +92,11 @@ pub struct Storage {
 pub struct Shared {
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
-    pub tokens: SessionTokens,
+    /// Login, logout, resume, guests, tokens and account changes.
+    pub accounts: Accounts,
     /// The token revocation journal (also inside `tokens`), for the operator's kick.
-    revocations: Arc<dyn SessionStore>,
+    revocations: Arc<dyn RevocationStore>,
     pub ice: IceSettings,
-    pub sessions: SessionSettings,
     pub connections: Arc<Connections>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -177,15 +177,22 @@ impl Server {
             metrics.clone(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let auth = Arc::new(Authenticator::new(users, hasher, settings.auth_limits));
+        let accounts = Accounts::new(
+            hub.clone(),
+            auth.clone(),
+            tokens,
+            metrics.clone(),
+            settings.sessions.guest_ttl,
+        );
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
                 hub,
-                auth: Arc::new(Authenticator::new(users, hasher, settings.auth_limits)),
-                tokens,
+                auth,
+                accounts,
                 revocations,
                 ice: settings.ice,
-                sessions: settings.sessions,
                 connections,
                 limits: settings.limits,
                 metrics,

@@ -5,7 +5,6 @@ use super::*;
 impl Connection {
     /// LOGIN, REGISTER, HEARTBEAT (RoomRTC v1.0; also before login) and LOGOUT.
     pub(super) fn auth(&mut self, user: Option<UserId>, request: Request) -> Reply {
-        let hub = self.shared.hub.clone();
         let conn = self.id;
         match request {
             Request::Login(c) => Ok(Some(self.login(c))),
@@ -13,19 +12,7 @@ impl Connection {
             Request::Heartbeat(h) => Ok(Some(heartbeat(h))),
             Request::Logout(e) => {
                 let user = user.ok_or(AppError::LoginRequired)?;
-                // The user's tokens die with the session, durably, before the
-                // LOGOUT is acknowledged (whichever protocol logs out).
-                hub.check_session(conn, user)?;
-                if !user.is_guest() {
-                    self.shared.tokens.revoke_all(user)?;
-                }
-                if let Err(err) = hub.logout(conn, user) {
-                    // A RESUME took the session over while the tokens were
-                    // being revoked: a session opened by a revoked token must
-                    // not outlive the LOGOUT.
-                    hub.end_user(user, SessionEnd::LoggedOut, Some(conn));
-                    return Err(err);
-                }
+                self.shared.accounts.logout(conn, user)?;
                 info!("logout conn={} user_id={}", conn, user);
                 self.end_session();
                 Ok(Some(ServerMessage::LogoutResponse(LogoutResponse {
@@ -43,10 +30,13 @@ impl Connection {
             Some(err) => Err(err),
             None => {
                 let kind = Self::session_kind(self.v2());
-                self.shared
-                    .auth
-                    .verify(&c.username, &c.password_hash, self.peer_ip())
-                    .and_then(|user| self.shared.hub.login(self.id, &user, kind).map(|()| user))
+                self.shared.accounts.login(
+                    self.id,
+                    &c.username,
+                    &c.password_hash,
+                    self.peer_ip(),
+                    kind,
+                )
             }
         };
         match result {
@@ -89,9 +79,8 @@ impl Connection {
         };
         let mut response = success(user.id, user.username.clone(), req_id);
         if self.v2() {
-            let now = unix_now();
             if !user.id.is_guest() {
-                let issued = self.shared.tokens.issue(user, now);
+                let issued = self.shared.accounts.issue_token(user);
                 response.session_token = Some(issued.token);
                 response.expires_at = Some(issued.expires_at);
             }

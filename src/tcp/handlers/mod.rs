@@ -12,8 +12,6 @@
 //! the ICE servers; the session is resumable and its calls are held when the
 //! connection drops. RESUME_REQUEST and GUEST_LOGIN_REQUEST imply protocol 2.
 
-use std::time::Instant;
-
 use crate::clock::unix_secs as unix_now;
 
 use log::info;
@@ -21,14 +19,14 @@ use log::info;
 use super::connection::{Connection, LoginState};
 use super::frame;
 use super::message::{
-    AccountDelete, AuthResponse, Capability, Credentials, GuestLogin, Heartbeat, Hello,
-    IceServerEntry, IceServerList, InboxAcked, LogoutResponse, MessageType, PasswordChange, ReqId,
-    Request, Resume, ServerMessage, SessionOutcome, UserEntryView, UserListView, Welcome,
+    AccountDelete, AccountOutcome, AuthResponse, Capability, Credentials, GuestLogin, Heartbeat,
+    Hello, IceServerEntry, IceServerList, InboxAcked, LogoutResponse, MessageType, PasswordChange,
+    ReqId, Request, Resume, ServerMessage, UserEntryView, UserListView, Welcome,
 };
 use crate::application::hub::SessionKind;
 use crate::application::ports::Scope;
-use crate::application::{AppError, IceServers, SessionEnd, Signal, UserRecord};
-use crate::domain::{CallId, RoomId, UserId, guest_name, validate_username};
+use crate::application::{AppError, IceServers, Signal, UserRecord};
+use crate::domain::{CallId, RoomId, UserId, validate_username};
 use crate::metrics::Metrics;
 
 /// The highest protocol version this server speaks.

@@ -14,16 +14,14 @@ impl Connection {
             Request::GuestLogin(g) => self.guest_login(g).map(Some),
             Request::TokenRefresh(e) => {
                 let user = user.ok_or(AppError::LoginRequired)?;
-                hub.check_session(conn, user)?;
                 if !self.v2() {
                     return Err(AppError::BadRequest(
                         "TOKEN_REFRESH_REQUEST needs protocol 2: send HELLO before logging in"
                             .into(),
                     ));
                 }
-                let record = self.registered(user)?;
-                let issued = self.shared.tokens.issue(&record, unix_now());
-                Ok(Some(ServerMessage::TokenRefreshResponse(SessionOutcome {
+                let issued = self.shared.accounts.refresh_token(conn, user)?;
+                Ok(Some(ServerMessage::TokenRefreshResponse(AccountOutcome {
                     success: true,
                     session_token: Some(issued.token),
                     expires_at: Some(issued.expires_at),
@@ -43,7 +41,6 @@ impl Connection {
             }
             Request::PasswordChange(p) => {
                 let user = user.ok_or(AppError::LoginRequired)?;
-                hub.check_session(conn, user)?;
                 self.change_password(user, p).map(Some)
             }
             Request::InboxAck(a) => {
@@ -62,7 +59,6 @@ impl Connection {
             }
             Request::AccountDelete(d) => {
                 let user = user.ok_or(AppError::LoginRequired)?;
-                hub.check_session(conn, user)?;
                 self.delete_account(user, d).map(Some)
             }
             other => Err(misrouted(&other)),
@@ -122,27 +118,11 @@ impl Connection {
         if let Some(err) = self.already_logged_in() {
             return Err(err);
         }
-        let refused = |err: AppError| {
-            Metrics::count(&self.shared.metrics.resumes_refused);
-            info!("resume refused conn={} reason={}", self.id, err);
-            err
-        };
-        let user = self
-            .shared
-            .tokens
-            .verify(&r.session_token, unix_now())
-            .map_err(refused)?;
-        let hub = &self.shared.hub;
-        let resumed = hub.resume(self.id, &user, Self::session_kind(true))?;
-        // A LOGOUT (or password change) that revoked the token while this
-        // RESUME was on its way must win: check again now that the session is
-        // in place, and undo it if the token died meanwhile.
-        if let Err(err) = self.shared.tokens.verify(&r.session_token, unix_now()) {
-            let _ = hub.logout(self.id, user.id);
-            return Err(refused(err));
-        }
+        let (user, resumed) =
+            self.shared
+                .accounts
+                .resume(self.id, &r.session_token, Self::session_kind(true))?;
         self.protocol = self.protocol.max(PROTOCOL_VERSION);
-        Metrics::count(&self.shared.metrics.resumes);
         let call = resumed.call.map(|id| id.to_string());
         info!(
             "resume conn={} user_id={} username={} call={}",
@@ -165,25 +145,17 @@ impl Connection {
         if let Some(err) = self.already_logged_in() {
             return Err(err);
         }
-        let ttl = self.shared.sessions.guest_ttl.ok_or_else(|| {
-            AppError::Forbidden("guest logins are disabled on this server".into())
-        })?;
-        let name = guest_name(&g.display_name)
-            .map_err(|e| AppError::BadRequest(format!("display_name: {e}")))?;
-        if !self.shared.hub.guest_name_free(&g.display_name) {
-            return Err(AppError::Conflict(
-                "that name belongs to a registered user; choose another display_name".into(),
-            ));
-        }
-        self.shared.auth.admit_guest(self.peer_ip())?;
-        let until = Instant::now() + ttl;
-        let guest = self.shared.hub.guest_login(self.id, name, until, true)?;
+        let admitted =
+            self.shared
+                .accounts
+                .guest_login(self.id, &g.display_name, self.peer_ip())?;
+        let guest = admitted.record;
         info!(
             "guest login conn={} user_id={} username={}",
             self.id, guest.id, guest.username
         );
         self.protocol = self.protocol.max(PROTOCOL_VERSION);
-        let expires_at = unix_now() + ttl.as_secs();
+        let expires_at = admitted.expires_at;
         self.guest_expires_at = Some(expires_at);
         let mut response = self.logged_in(&guest, g.req_id);
         response.guest = Some(true);
@@ -191,38 +163,22 @@ impl Connection {
         Ok(ServerMessage::LoginResponse(response))
     }
 
-    /// The stored record of a logged-in registered user; guests have none.
-    pub(super) fn registered(&self, user: UserId) -> Result<UserRecord, AppError> {
-        if user.is_guest() {
-            return Err(AppError::Forbidden(
-                "guests have no account or session token".into(),
-            ));
-        }
-        self.shared
-            .hub
-            .users()
-            .find_by_id(user)
-            .ok_or_else(|| AppError::Unauthorized("the account was deleted".into()))
-    }
-
     pub(super) fn change_password(
         &mut self,
         user: UserId,
         p: PasswordChange,
     ) -> Result<ServerMessage, AppError> {
-        let record = self.registered(user)?;
-        let record = self.shared.auth.change_password(
-            &record.username,
+        // A protocol 2 client gets a new token: every earlier one is void now.
+        let issued = self.shared.accounts.change_password(
+            self.id,
+            user,
             &p.old_password_hash,
             &p.new_password_hash,
             self.peer_ip(),
+            self.v2(),
         )?;
         info!("password changed conn={} user_id={}", self.id, user);
-        // Every earlier token is void now; a protocol 2 client gets a new one.
-        let issued = self
-            .v2()
-            .then(|| self.shared.tokens.issue(&record, unix_now()));
-        Ok(ServerMessage::PasswordChangeResponse(SessionOutcome {
+        Ok(ServerMessage::PasswordChangeResponse(AccountOutcome {
             success: true,
             expires_at: issued.as_ref().map(|i| i.expires_at),
             session_token: issued.map(|i| i.token),
@@ -235,23 +191,19 @@ impl Connection {
         user: UserId,
         d: AccountDelete,
     ) -> Result<ServerMessage, AppError> {
-        let record = self.registered(user)?;
         let record =
             self.shared
-                .auth
-                .delete_account(&record.username, &d.password_hash, self.peer_ip())?;
+                .accounts
+                .delete_account(self.id, user, &d.password_hash, self.peer_ip())?;
         info!(
             "account deleted conn={} user_id={} username={}",
             self.id, record.id, record.username
         );
-        self.shared
-            .hub
-            .end_user(user, SessionEnd::AccountDeleted, Some(self.id));
         self.end_session();
-        Ok(ServerMessage::AccountDeleteResponse(SessionOutcome {
+        Ok(ServerMessage::AccountDeleteResponse(AccountOutcome {
             success: true,
             req_id: d.req_id,
-            ..SessionOutcome::default()
+            ..AccountOutcome::default()
         }))
     }
 }

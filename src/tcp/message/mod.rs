@@ -194,39 +194,91 @@ pub fn wire_text(text: impl Into<String>) -> String {
     }
 }
 
-/// Why a frame's payload is not a valid message. Always answered with ERROR 400.
+/// What is wrong with a frame's payload, typed so callers can tell the cases
+/// apart; `Display` gives the text a client sees in ERROR 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadFault {
+    /// A type code the registry does not know.
+    UnknownType(u8),
+    /// The payload is not UTF-8.
+    NotUtf8(MessageType),
+    /// The payload is JSON but not an object (an array, a number).
+    NotAnObject(MessageType),
+    /// A client sent a type only the server sends.
+    ServerOnly(MessageType),
+    /// A server frame of a type only clients send.
+    ClientOnly(MessageType),
+    /// The object does not fit the type: `field` names the path at fault
+    /// when there is one (`candidate.sdp_mid`), `reason` is serde's.
+    Invalid {
+        kind: MessageType,
+        field: Option<String>,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for PayloadFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadFault::UnknownType(code) => write!(f, "unknown message type 0x{code:02X}"),
+            PayloadFault::NotUtf8(kind) => {
+                write!(f, "{} payload is not valid UTF-8", kind.name())
+            }
+            PayloadFault::NotAnObject(kind) => {
+                write!(f, "invalid {} payload: expected a JSON object", kind.name())
+            }
+            PayloadFault::ServerOnly(kind) => {
+                write!(f, "{} is sent by the server, not by clients", kind.name())
+            }
+            PayloadFault::ClientOnly(kind) => {
+                write!(f, "{} is not sent by the server", kind.name())
+            }
+            PayloadFault::Invalid {
+                kind,
+                field: Some(field),
+                reason,
+            } => write!(f, "invalid {} payload: {field}: {reason}", kind.name()),
+            PayloadFault::Invalid {
+                kind,
+                field: None,
+                reason,
+            } => write!(f, "invalid {} payload: {reason}", kind.name()),
+        }
+    }
+}
+
+impl std::error::Error for PayloadFault {}
+
+/// Why a client frame is not a valid request. Always answered with ERROR 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
-    pub message: String,
+    pub fault: PayloadFault,
     /// The `req_id` if it could still be read from the payload.
     pub req_id: Option<ReqId>,
 }
 
-fn parse_payload<T: DeserializeOwned>(kind: MessageType, text: &str) -> Result<T, String> {
+fn parse_payload<T: DeserializeOwned>(kind: MessageType, text: &str) -> Result<T, PayloadFault> {
     // serde would also read a struct from a JSON array; the protocol says object.
     if !text.trim_start().starts_with('{') {
-        return Err(format!(
-            "invalid {} payload: expected a JSON object",
-            kind.name()
-        ));
+        return Err(PayloadFault::NotAnObject(kind));
     }
     // The common case parses once; only a failure is parsed again to name
     // the field at fault (the path tracking costs on every field).
     if let Ok(value) = serde_json::from_str(text) {
         return Ok(value);
     }
+    let invalid = |field: Option<String>, reason: &dyn std::fmt::Display| PayloadFault::Invalid {
+        kind,
+        field,
+        reason: reason.to_string(),
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        if matches!(path.as_str(), "" | "." | "?") {
-            format!("invalid {} payload: {inner}", kind.name())
-        } else {
-            format!("invalid {} payload: {path}: {inner}", kind.name())
-        }
+        let field = (!matches!(path.as_str(), "" | "." | "?")).then_some(path);
+        invalid(field, err.inner())
     })?;
-    de.end()
-        .map_err(|err| format!("invalid {} payload: {err}", kind.name()))?;
+    de.end().map_err(|err| invalid(None, &err))?;
     Ok(value)
 }
 
@@ -248,8 +300,8 @@ macro_rules! direction {
             /// Parses a payload of type `kind`; `Ok(None)` if this direction has no such type.
             ///
             /// # Errors
-            /// A message naming what is wrong with the payload.
-            pub fn parse(kind: MessageType, payload: &str) -> Result<Option<$name>, String> {
+            /// What is wrong with the payload.
+            pub fn parse(kind: MessageType, payload: &str) -> Result<Option<$name>, PayloadFault> {
                 Ok(Some(match kind {
                     $(MessageType::$code => $name::$variant(parse_payload(kind, payload)?),)*
                     #[allow(unreachable_patterns)]
@@ -374,11 +426,11 @@ direction! {
         Error(ErrorMessage) = Error,
         LogoutResponse(LogoutResponse) = LogoutResponse,
         Welcome(Welcome) = Welcome,
-        TokenRefreshResponse(SessionOutcome) = TokenRefreshResponse,
+        TokenRefreshResponse(AccountOutcome) = TokenRefreshResponse,
         IceServersResponse(IceServerList) = IceServersResponse,
         PeerStatus(PeerStatus) = PeerStatus,
-        PasswordChangeResponse(SessionOutcome) = PasswordChangeResponse,
-        AccountDeleteResponse(SessionOutcome) = AccountDeleteResponse,
+        PasswordChangeResponse(AccountOutcome) = PasswordChangeResponse,
+        AccountDeleteResponse(AccountOutcome) = AccountDeleteResponse,
         InboxAckResponse(InboxAcked) = InboxAckResponse,
         RoomCreateResponse(RoomCreated) = RoomCreateResponse,
         RoomListResponse(RoomList) = RoomListResponse,
@@ -410,23 +462,17 @@ impl Request {
     /// # Errors
     /// Unknown type, a server-only type, invalid UTF-8 or a payload that does not fit.
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Request, DecodeError> {
-        let fail = |message: String, req_id| DecodeError { message, req_id };
+        let fail = |fault, req_id| DecodeError { fault, req_id };
         let Some(kind) = MessageType::from_code(kind) else {
-            return Err(fail(format!("unknown message type 0x{kind:02X}"), None));
+            return Err(fail(PayloadFault::UnknownType(kind), None));
         };
         let Ok(text) = std::str::from_utf8(payload) else {
-            return Err(fail(
-                format!("{} payload is not valid UTF-8", kind.name()),
-                None,
-            ));
+            return Err(fail(PayloadFault::NotUtf8(kind), None));
         };
         match Request::parse(kind, text) {
             Ok(Some(request)) => Ok(request),
-            Ok(None) => Err(fail(
-                format!("{} is sent by the server, not by clients", kind.name()),
-                req_id_of(text),
-            )),
-            Err(message) => Err(fail(message, req_id_of(text))),
+            Ok(None) => Err(fail(PayloadFault::ServerOnly(kind), req_id_of(text))),
+            Err(fault) => Err(fail(fault, req_id_of(text))),
         }
     }
 }
@@ -436,13 +482,10 @@ impl ServerMessage {
     ///
     /// # Errors
     /// Unknown type, a client-only type, or a payload that does not fit.
-    pub fn decode(kind: u8, payload: &[u8]) -> Result<ServerMessage, String> {
-        let kind = MessageType::from_code(kind)
-            .ok_or_else(|| format!("unknown message type 0x{kind:02X}"))?;
-        let text = std::str::from_utf8(payload)
-            .map_err(|_| format!("{} payload is not valid UTF-8", kind.name()))?;
-        ServerMessage::parse(kind, text)?
-            .ok_or_else(|| format!("{} is not sent by the server", kind.name()))
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<ServerMessage, PayloadFault> {
+        let kind = MessageType::from_code(kind).ok_or(PayloadFault::UnknownType(kind))?;
+        let text = std::str::from_utf8(payload).map_err(|_| PayloadFault::NotUtf8(kind))?;
+        ServerMessage::parse(kind, text)?.ok_or(PayloadFault::ClientOnly(kind))
     }
 
     pub fn error(code: u16, message: impl Into<String>, req_id: Option<ReqId>) -> ServerMessage {
@@ -645,7 +688,7 @@ mod tests {
                 idle_timeout_secs: 60,
                 req_id: None,
             }),
-            ServerMessage::TokenRefreshResponse(SessionOutcome {
+            ServerMessage::TokenRefreshResponse(AccountOutcome {
                 success: true,
                 session_token: Some("sb1.x.y".into()),
                 expires_at: Some(9),
@@ -669,8 +712,8 @@ mod tests {
                 status: "reconnecting".into(),
                 grace_ms: Some(15000),
             }),
-            ServerMessage::PasswordChangeResponse(SessionOutcome::default()),
-            ServerMessage::AccountDeleteResponse(SessionOutcome::default()),
+            ServerMessage::PasswordChangeResponse(AccountOutcome::default()),
+            ServerMessage::AccountDeleteResponse(AccountOutcome::default()),
         ];
         for message in all {
             let frame = message.to_frame();
@@ -717,35 +760,63 @@ mod tests {
     #[test]
     fn decode_errors_name_the_problem() {
         let err = |kind: u8, payload: &str| Request::decode(kind, payload.as_bytes()).unwrap_err();
-        assert_eq!(err(0x90, "{}").message, "unknown message type 0x90");
+        assert_eq!(err(0x90, "{}").fault, PayloadFault::UnknownType(0x90));
+        assert_eq!(
+            err(0x90, "{}").fault.to_string(),
+            "unknown message type 0x90"
+        );
         assert!(
             err(0x08, "{")
-                .message
+                .fault
+                .to_string()
                 .contains("invalid CALL_REQUEST payload")
         );
         let e = err(0x08, r#"{"to_user_id":5,"req_id":"a"}"#);
         assert!(
-            e.message.contains("to_user_id: invalid type: integer"),
+            e.fault
+                .to_string()
+                .contains("to_user_id: invalid type: integer"),
             "{}",
-            e.message
+            e.fault.to_string()
         );
         assert_eq!(e.req_id, Some(ReqId::Text("a".into())));
         assert!(
             err(0x01, r#"{"username":"a"}"#)
-                .message
+                .fault
+                .to_string()
                 .contains("missing field `password_hash`")
         );
-        assert!(err(0x02, "{}").message.contains("sent by the server"));
+        assert_eq!(
+            err(0x02, "{}").fault,
+            PayloadFault::ServerOnly(MessageType::LoginResponse)
+        );
+        assert!(
+            err(0x02, "{}")
+                .fault
+                .to_string()
+                .contains("sent by the server")
+        );
+        assert!(matches!(
+            err(0x08, r#"{"to_user_id":5}"#).fault,
+            PayloadFault::Invalid { field: Some(ref f), .. } if f == "to_user_id"
+        ));
         assert!(
             err(0x05, "[]")
-                .message
+                .fault
+                .to_string()
                 .contains("invalid USER_LIST_REQUEST payload")
         );
-        assert!(err(0x05, "{} x").message.contains("trailing characters"));
+        assert!(
+            err(0x05, "{} x")
+                .fault
+                .to_string()
+                .contains("trailing characters")
+        );
         assert!(
             Request::decode(0x05, &[0x7b, 0xff, 0x7d])
                 .unwrap_err()
-                .message
+                .fault
+                .to_string()
                 .contains("not valid UTF-8")
         );
     }
@@ -756,10 +827,11 @@ mod tests {
     fn lenient_fields_and_a_plain_req_id_error() {
         let e = Request::decode(0x05, br#"{"req_id":[1]}"#).unwrap_err();
         assert!(
-            e.message
+            e.fault
+                .to_string()
                 .contains("req_id: invalid type: sequence, expected a string or an integer"),
             "{}",
-            e.message
+            e.fault.to_string()
         );
         let ice = br#"{"call_id":"9","from_user_id":7,"to_user_id":null,"candidate":"c","sdp_mid":null,"sdp_mline_index":0}"#;
         let Ok(Request::IceCandidate(ice)) = Request::decode(0x0F, ice) else {

@@ -64,7 +64,7 @@ pub struct AccountDelete {
 /// TOKEN_REFRESH_RESPONSE, PASSWORD_CHANGE_RESPONSE and ACCOUNT_DELETE_RESPONSE.
 /// They are sent on success only (`success` is always true); a failure is an ERROR.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionOutcome {
+pub struct AccountOutcome {
     pub success: bool,
     /// A new token (refresh, password change).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,7 +30,7 @@ use log::{info, warn};
 
 use super::fsutil::replace_atomically_with_mode;
 use super::journal::{Format, Journal, OpenError, Spec};
-use crate::application::SessionStore;
+use crate::application::RevocationStore;
 use crate::domain::UserId;
 
 pub const SECRET_LEN: usize = 32;
@@ -38,34 +38,34 @@ const REVOCATIONS_HEADER: &str = "# Switchboard session revocations: user_id gen
 
 /// Why a session file could not be used. The daemon refuses to start on these.
 #[derive(Debug)]
-pub enum SessionFileError {
+pub enum TokenFileError {
     Io { path: PathBuf, err: io::Error },
     Invalid { path: PathBuf, reason: String },
 }
 
-impl fmt::Display for SessionFileError {
+impl fmt::Display for TokenFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionFileError::Io { path, err } => write!(f, "{}: {err}", path.display()),
-            SessionFileError::Invalid { path, reason } => {
+            TokenFileError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            TokenFileError::Invalid { path, reason } => {
                 write!(f, "{}: {reason}", path.display())
             }
         }
     }
 }
 
-impl std::error::Error for SessionFileError {}
+impl std::error::Error for TokenFileError {}
 
 /// Reads the signing secret at `path`, creating it (0600, synced) if missing.
 ///
 /// # Errors
 /// Unreadable, the wrong length, readable by group or others, or not creatable.
-pub fn load_or_create_secret(path: &Path) -> Result<[u8; SECRET_LEN], SessionFileError> {
-    let io_err = |err| SessionFileError::Io {
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; SECRET_LEN], TokenFileError> {
+    let io_err = |err| TokenFileError::Io {
         path: path.to_path_buf(),
         err,
     };
-    let invalid = |reason: String| SessionFileError::Invalid {
+    let invalid = |reason: String| TokenFileError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
@@ -101,7 +101,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; SECRET_LEN], SessionFil
     }
 }
 
-/// The revocation journal, a [`SessionStore`]. Token checks read the
+/// The revocation journal, a [`RevocationStore`]. Token checks read the
 /// generations and never wait for the disk; revocations share fsyncs.
 pub struct RevocationFile {
     inner: Arc<Revocations>,
@@ -134,7 +134,7 @@ impl RevocationFile {
     ///
     /// # Errors
     /// I/O failures and malformed lines, with their number.
-    pub fn open(path: &Path) -> Result<RevocationFile, SessionFileError> {
+    pub fn open(path: &Path) -> Result<RevocationFile, TokenFileError> {
         let mut generations = Generations::default();
         let spec = Spec {
             format: Format::Lines,
@@ -158,15 +158,15 @@ impl RevocationFile {
             Ok(())
         })
         .map_err(|e| match e {
-            OpenError::Io { err, .. } => SessionFileError::Io {
+            OpenError::Io { err, .. } => TokenFileError::Io {
                 path: path.to_path_buf(),
                 err,
             },
-            OpenError::Invalid { line, reason, .. } => SessionFileError::Invalid {
+            OpenError::Invalid { line, reason, .. } => TokenFileError::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("line {}: {reason}", line.unwrap_or(0)),
             },
-            OpenError::Corrupt { reason, .. } => SessionFileError::Invalid {
+            OpenError::Corrupt { reason, .. } => TokenFileError::Invalid {
                 path: path.to_path_buf(),
                 reason,
             },
@@ -178,7 +178,7 @@ impl RevocationFile {
             compacting: AtomicBool::new(false),
         });
         if stale {
-            inner.compact().map_err(|err| SessionFileError::Io {
+            inner.compact().map_err(|err| TokenFileError::Io {
                 path: path.to_path_buf(),
                 err,
             })?;
@@ -232,7 +232,7 @@ impl Revocations {
     }
 }
 
-impl SessionStore for RevocationFile {
+impl RevocationStore for RevocationFile {
     fn generation(&self, user: UserId) -> u64 {
         lock(&self.inner.generations)
             .by_user
