@@ -81,6 +81,8 @@ pub struct Connection {
     /// Frames remain in the outbox beyond what was taken into `outbuf`.
     queue_pending: bool,
     /// The outbox knows this thread is writing (see `Outbox::begin_write`).
+    /// While it is false the write buffer is empty: the flag is set before
+    /// anything goes into it, and cleared only once it is all written.
     writing: bool,
     /// The peer sent EOF: answer what was read, then close.
     input_closed: bool,
@@ -350,9 +352,8 @@ impl Connection {
         }
         // Senders write relays through only while the owner is not writing:
         // say so before writing (what take_into took, it has said already).
-        if self.unsent() > 0 && !self.writing {
-            self.outbox.begin_write();
-            self.writing = true;
+        if self.unsent() > 0 {
+            self.claim_output();
         }
         while self.unsent() > 0 {
             match self.transport.write(&self.outbuf[self.out_pos..]) {
@@ -476,10 +477,7 @@ impl Connection {
         // decides (a RESUME attaching the session, a LOGIN) comes before any
         // relay a sender might otherwise write straight to the socket: the
         // answer is the client's first news of it.
-        if !self.writing {
-            self.outbox.begin_write();
-            self.writing = true;
-        }
+        self.claim_output();
         trace!(
             "conn={} recv type=0x{:02X} bytes={}",
             self.id,
@@ -493,9 +491,21 @@ impl Connection {
         }
     }
 
+    /// Tells the outbox this thread is writing, so senders queue behind it
+    /// from now on, before anything goes into the write buffer. The rest of
+    /// a relay a sender wrote in part comes into the buffer first: those are
+    /// the next bytes the client must get.
+    fn claim_output(&mut self) {
+        if !self.writing {
+            self.outbox.begin_write(&mut self.outbuf);
+            self.writing = true;
+        }
+    }
+
     /// Queues an already encoded answer on this connection's own write buffer.
     pub(super) fn reply_frame(&mut self, kind: MessageType, frame: &[u8]) {
         self.compact();
+        self.claim_output();
         self.outbuf.extend_from_slice(frame);
         Metrics::count(&self.shared.metrics.frames_out[usize::from(kind.code())]);
     }

@@ -62,7 +62,7 @@ impl CloseReason {
 #[derive(Default)]
 struct Queue {
     /// The rest of a frame a sender wrote only in part: the next bytes on
-    /// the wire, before any frame.
+    /// the wire, before any frame and any answer of the owner's.
     partial: Option<Vec<u8>>,
     frames: VecDeque<Frame>,
     bytes: usize,
@@ -174,10 +174,15 @@ impl Outbox {
         lock(&self.queue).sink = sink;
     }
 
-    /// The owner is about to write bytes of its own (answers): senders queue
-    /// from now on, until [`Outbox::end_write`].
-    pub fn begin_write(&self) {
-        lock(&self.queue).owner_writing = true;
+    /// The owner is about to put bytes of its own (answers) into `out`, its
+    /// write buffer, or to write it: senders queue from now on, until
+    /// [`Outbox::end_write`]. The rest of a relay a sender wrote in part is
+    /// moved to the front of `out` (nothing of which may have been written
+    /// yet): it goes out before any answer.
+    pub fn begin_write(&self, out: &mut Vec<u8>) {
+        let mut queue = lock(&self.queue);
+        queue.owner_writing = true;
+        take_rest(&mut queue, out);
     }
 
     /// The owner has written everything it took: senders may write through again.
@@ -248,11 +253,7 @@ impl Outbox {
         // One allocation for the whole batch rather than a doubling per frame.
         let want = queue.bytes.min(budget.saturating_sub(out.len()));
         out.reserve(want);
-        // Counted as a frame already, by the sender that wrote its start.
-        if let Some(rest) = queue.partial.take() {
-            queue.bytes -= rest.len();
-            out.extend_from_slice(&rest);
-        }
+        take_rest(&mut queue, out);
         while out.len() < budget {
             let Some(frame) = queue.frames.pop_front() else {
                 break;
@@ -291,6 +292,19 @@ impl Outbox {
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         lock(&self.queue).bytes
+    }
+}
+
+/// Moves a relay's unwritten rest to the front of `out`, the owner's
+/// unsent bytes. None of them has been written yet: a rest is left only
+/// while the owner is not writing, and the owner says it is writing
+/// ([`Outbox::begin_write`], [`Outbox::take_into`]) before it puts anything
+/// into its buffer. The rest was counted as a frame already, by the sender
+/// that wrote its start.
+fn take_rest(queue: &mut Queue, out: &mut Vec<u8>) {
+    if let Some(rest) = queue.partial.take() {
+        queue.bytes -= rest.len();
+        out.splice(0..0, rest);
     }
 }
 
@@ -856,7 +870,7 @@ mod tests {
         assert_eq!(&got, b"\0\0\0\x01\x0fa");
         assert_eq!(metrics.written_through.load(Ordering::Relaxed), 1);
 
-        outbox.begin_write();
+        outbox.begin_write(&mut Vec::new());
         outbox.push_through(Arc::from(&b"queued"[..]), &metrics);
         assert_eq!(outbox.queued_bytes(), 6, "queued while the owner writes");
         outbox.end_write();
@@ -888,6 +902,27 @@ mod tests {
         let mut got = vec![0u8; written];
         client.read_exact(&mut got).unwrap();
         assert!(got.iter().all(|b| *b == b'x'));
+    }
+
+    /// The rest of a partly written relay goes before the owner's own
+    /// answers: once the owner says it writes, the rest is at the front of
+    /// its buffer, and relays queue behind both.
+    #[test]
+    fn the_rest_of_a_relay_goes_out_before_the_owners_answers() {
+        let metrics = Metrics::default();
+        let (server, _client) = socket_pair();
+        let outbox = Outbox::new(64 << 20).unwrap();
+        outbox.set_sink(Some(server));
+        outbox.push_through(Arc::from(vec![b'x'; 16 << 20]), &metrics);
+        let rest = outbox.queued_bytes();
+        assert!(rest > 0, "partly written");
+        let mut out = Vec::new();
+        outbox.begin_write(&mut out);
+        out.extend_from_slice(b"answer");
+        outbox.push_through(Arc::from(&b"relay"[..]), &metrics);
+        assert_eq!(out.len(), rest + 6);
+        assert!(out.ends_with(b"xanswer"));
+        assert_eq!(outbox.queued_bytes(), 5, "queued behind the owner's write");
     }
 
     /// Frames come out in order and the byte count follows them.
