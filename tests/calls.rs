@@ -3,7 +3,7 @@
 use serde_json::json;
 use switchboard::tcp::MessageType as T;
 
-use crate::support::{TestServer, connect_call, encode};
+use crate::support::{TestServer, connect_call, connect_small_receive_buffer, encode, relay_load};
 
 /// A whole call: ring, accept, offer, answer, candidates both ways, hang up;
 /// states follow, and nothing is left behind.
@@ -353,4 +353,17 @@ fn a_backlog_is_delivered_whole_once_the_reader_catches_up() {
             "frame {i}"
         );
     }
+}
+
+/// Relays over plain TCP are written through by the sender's thread when the
+/// peer is idle, and under load (ICE both ways, 8 MB SDP bodies to a slow
+/// reader that keeps sending HEARTBEATs) they arrive whole and in order: the
+/// rest of a relay written part-way goes out before the peer's own answers
+/// (`support::relay_load`).
+#[test]
+fn relays_are_written_through_and_arrive_whole_and_in_order_under_load() {
+    let server = TestServer::start_with(relay_load::config);
+    let alice = server.client();
+    let bob = connect_small_receive_buffer(server.addr);
+    relay_load::run(&server, alice, bob);
 }

@@ -11,7 +11,7 @@ use switchboard::tcp::{MessageType as T, TlsIdentity};
 
 use crate::support::certs;
 use crate::support::daemon::{Daemon, configured, run_to_exit, run_with_env};
-use crate::support::{Client, TestServer, connect_call};
+use crate::support::{Client, TestServer, connect_call, relay_load, tls_small_receive_buffer};
 
 /// A server on a PKCS#12 identity made for this test, and its certificates.
 fn pkcs12_server(
@@ -347,4 +347,16 @@ fn sighup_with_a_mismatched_key_keeps_the_old_identity() {
     let bob_id = after.register("bob", "pw");
     after.login_ok("bob", "pw");
     before.expect_state(&bob_id, "Available");
+}
+
+/// Relays over TLS are written through by the sender's thread when the peer
+/// is idle, and under load (ICE both ways, 8 MB SDP bodies to a slow reader,
+/// so that OpenSSL holds a record of a relay's unwritten rest) they arrive
+/// whole and in order (`support::relay_load`).
+#[test]
+fn tls_relays_are_written_through_and_arrive_whole_and_in_order_under_load() {
+    let (server, certs) = pkcs12_server(relay_load::config);
+    let alice = Client::tls(server.addr, &certs.ca_pem);
+    let bob = tls_small_receive_buffer(server.addr, &certs.ca_pem);
+    relay_load::run(&server, alice, bob);
 }

@@ -20,7 +20,7 @@ use super::ClientError;
 use crate::tcp::frame::{self, Decoded};
 use crate::tcp::message::{MessageType, Request, ServerMessage};
 use crate::tcp::poll::poll_until;
-use crate::tcp::transport::Transport;
+use crate::tcp::transport::{Socket, Transport};
 
 /// The largest frame accepted from a server. Generous: the daemon's own limit
 /// is a configuration value, and a client should not be stricter than needed.
@@ -291,7 +291,7 @@ impl Connection {
         tcp.set_nonblocking(true).map_err(lost)?;
         let transport = match tls {
             None => Transport::Plain(std::sync::Arc::new(tcp)),
-            Some(tls) => Transport::Tls(Box::new(
+            Some(tls) => Transport::tls(
                 handshake(&tls, &options.host, tcp, &addr, deadline).map_err(|e| match e {
                     ClientError::Handshake { addr, message } => {
                         let message =
@@ -303,7 +303,7 @@ impl Connection {
                     }
                     other => other,
                 })?,
-            )),
+            ),
         };
         Ok(Connection {
             tls: matches!(transport, Transport::Tls(_)),
@@ -565,12 +565,12 @@ fn handshake(
     tcp: TcpStream,
     addr: &str,
     deadline: Instant,
-) -> Result<TlsStream<TcpStream>, ClientError> {
+) -> Result<TlsStream<Socket>, ClientError> {
     let failed = |message: String| ClientError::Handshake {
         addr: addr.to_string(),
         message,
     };
-    let mut attempt = connector.connect(host, tcp);
+    let mut attempt = connector.connect(host, Socket::new(tcp));
     loop {
         match attempt {
             Ok(tls) => return Ok(tls),

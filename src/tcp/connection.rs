@@ -1,10 +1,13 @@
-//! One client connection, run on its own thread, which alone reads and writes its socket.
+//! One client connection, run on its own thread, which alone reads its socket
+//! and writes everything but relays written through by their senders.
 //!
 //! The thread blocks in poll(2) on two descriptors: the socket and the outbox's
 //! eventfd. Requests are answered into the connection's own write buffer;
-//! everything else arrives through the outbox. Buffers stay small: while more
-//! than [`HIGH_WATER`] bytes wait to be written the thread stops reading, so a
-//! client that sends without reading is slowed by TCP, not buffered for.
+//! everything else arrives through the outbox, or, for a relay while this
+//! thread is not writing, straight onto the stream (`Outbox::push_through`,
+//! plain and TLS). Buffers stay small: while more than [`HIGH_WATER`] bytes
+//! wait to be written the thread stops reading, so a client that sends
+//! without reading is slowed by TCP, not buffered for.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -153,9 +156,9 @@ impl Connection {
 
     /// Serves the connection until it ends.
     pub fn run(&mut self) {
-        if let Transport::Plain(socket) = &self.transport {
-            self.outbox.set_sink(Some(socket.clone()));
-        }
+        // From here senders may write relays to the stream while this thread
+        // is not writing (plain and TLS alike).
+        self.outbox.set_sink(Some(self.transport.sink()));
         let reason = self
             .serve()
             .unwrap_or_else(|err| format!("i/o error: {err}"));
@@ -494,7 +497,8 @@ impl Connection {
     /// Tells the outbox this thread is writing, so senders queue behind it
     /// from now on, before anything goes into the write buffer. The rest of
     /// a relay a sender wrote in part comes into the buffer first: those are
-    /// the next bytes the client must get.
+    /// the next bytes the client must get (and over TLS, the bytes OpenSSL
+    /// must be handed again).
     fn claim_output(&mut self) {
         if !self.writing {
             self.outbox.begin_write(&mut self.outbuf);

@@ -1,13 +1,24 @@
 //! Per-connection outbound queues and the registry that delivers into them.
 //!
 //! Any thread may push an encoded frame onto a connection's [`Outbox`] and
-//! signal its eventfd; only the connection's own thread takes frames off and
-//! writes them to the socket. The queue is bounded in bytes: a client that does
-//! not read overflows it and is disconnected, and nobody else ever waits on it.
+//! signal its eventfd; the connection's own thread (the owner) takes frames
+//! off and writes them to the socket. The queue is bounded in bytes: a client
+//! that does not read overflows it and is disconnected, and nobody else ever
+//! waits on it.
+//!
+//! One exception saves the owner a wake-up per relayed frame: a relay (SDP,
+//! ICE: one recipient) finding the queue empty and the owner idle is written
+//! to the stream by the sender itself, under the queue's lock
+//! ([`Outbox::push_through`]), over plain TCP and TLS alike. The stream is
+//! the outbox's [`Sink`] while the connection serves. Over TLS the sender
+//! also takes the stream's own lock inside the queue's (order: `Outbox.queue`
+//! -> `SharedTls.stream`), for the SSL_write calls of that one frame; the
+//! owner takes the stream's lock alone for each of its own reads and writes
+//! and never takes the queue's inside it (see `transport.rs`). Neither lock
+//! is held across anything that waits for the network: the socket is
+//! non-blocking, and what it does not take is left for the owner.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -22,6 +33,7 @@ use super::message::{
     RoomInvitation, RoomKnock, RoomMember, RoomPeerJoined, RoomPeerLeft, RoomUpdated, Sdp,
     ServerMessage, UserStateUpdate,
 };
+use super::transport::{Sink, Through};
 use crate::application::ports::{FromInbox, Scope};
 use crate::application::{Broadcast, ConnId, Delivery, Notice, SessionEnd, Signal};
 use crate::domain::UserId;
@@ -61,17 +73,19 @@ impl CloseReason {
 
 #[derive(Default)]
 struct Queue {
-    /// The rest of a frame a sender wrote only in part: the next bytes on
-    /// the wire, before any frame and any answer of the owner's.
+    /// The rest of a frame a sender wrote only in part: the next bytes
+    /// written to the stream, before any frame and any answer of the owner's
+    /// (over TLS, OpenSSL may hold a record of them and must be handed the
+    /// same bytes again).
     partial: Option<Vec<u8>>,
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseReason>,
     /// The newest presence batch queued here ([`Outbox::push_batch`]).
     batch: u64,
-    /// The socket, for write-through (plain TCP only; TLS state belongs to
-    /// the owner thread alone). `None` before the connection runs and after.
-    sink: Option<Arc<TcpStream>>,
+    /// The stream, for write-through (plain or TLS). `None` before the
+    /// connection runs and once it starts closing.
+    sink: Option<Sink>,
     /// The owner thread has taken bytes it has not finished writing: nobody
     /// else may write to the socket until it says it is done.
     owner_writing: bool,
@@ -169,8 +183,9 @@ impl Outbox {
         self.push_locked(queue, frames.into_iter().cloned());
     }
 
-    /// Lets senders write to `sink` directly (or stops them, with `None`).
-    pub fn set_sink(&self, sink: Option<Arc<TcpStream>>) {
+    /// Lets senders write to `sink` directly (or stops them, with `None`:
+    /// once this returns, no sender is writing or will write to it).
+    pub fn set_sink(&self, sink: Option<Sink>) {
         lock(&self.queue).sink = sink;
     }
 
@@ -190,44 +205,48 @@ impl Outbox {
         lock(&self.queue).owner_writing = false;
     }
 
-    /// Delivers a frame with one recipient (a relay). When nothing is queued
-    /// and the owner is not writing, the sender writes it to the socket
-    /// itself (non-blocking, under this queue's lock, so "empty? then write"
-    /// and every enqueue are ordered) and wakes the owner only for what the
-    /// socket did not take. This saves the owner a wake-up and a context
-    /// switch per relayed frame. Anything else (a full socket, an error the
-    /// owner will find itself, TLS) falls back to the queue.
+    /// Delivers a frame with one recipient (a relay). When nothing is queued,
+    /// no partly written frame waits and the owner is not writing, the sender
+    /// writes it to the stream itself (non-blocking, under this queue's lock,
+    /// so "idle? then write" and every enqueue are ordered) and wakes the
+    /// owner only for what the stream did not take. This saves the owner a
+    /// wake-up and a context switch per relayed frame. Anything else (a full
+    /// socket, an error the owner will find itself, a busy owner) falls back
+    /// to the queue.
     pub fn push_through(&self, frame: Frame, metrics: &Metrics) {
         let mut queue = lock(&self.queue);
         if queue.close.is_some() {
             return;
         }
         let idle = queue.frames.is_empty() && queue.partial.is_none() && !queue.owner_writing;
-        if let (true, Some(sink)) = (idle, queue.sink.clone()) {
-            let written = loop {
-                match (&*sink).write(&frame) {
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    other => break other,
-                }
+        if let (true, Some(sink)) = (idle, queue.sink.as_ref()) {
+            let (through, input_buffered) = sink.write_through(&frame);
+            let written = match through {
+                Through::All => frame.len(),
+                Through::Part(n) => n,
+                // Only plain TCP takes nothing: it reports no buffered input.
+                Through::Nothing => return self.push_locked(queue, std::iter::once(frame)),
             };
-            if let Ok(n) = written
-                && n > 0
-            {
-                Metrics::add(&metrics.bytes_out, n as u64);
-                if let Some(kind) = frame.get(super::frame::PREFIX_LEN) {
-                    Metrics::count(&metrics.frames_out[usize::from(*kind)]);
-                }
+            // Counted here, once: take_into does not count a rest.
+            Metrics::add(&metrics.bytes_out, written as u64);
+            if let Some(kind) = frame.get(super::frame::PREFIX_LEN) {
+                Metrics::count(&metrics.frames_out[usize::from(*kind)]);
+            }
+            if written > 0 {
                 Metrics::count(&metrics.written_through);
-                if n == frame.len() {
-                    return;
-                }
-                let rest = frame[n..].to_vec();
+            }
+            let owed = written < frame.len();
+            if owed {
+                let rest = frame[written..].to_vec();
                 queue.bytes += rest.len();
                 queue.partial = Some(rest);
-                drop(queue);
-                self.signal();
-                return;
             }
+            drop(queue);
+            // The owner writes the rest, or reads what TLS decrypted meanwhile.
+            if owed || input_buffered {
+                self.signal();
+            }
+            return;
         }
         self.push_locked(queue, std::iter::once(frame));
     }
@@ -839,8 +858,9 @@ fn room_message(notice: Notice) -> Option<ServerMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-    use std::net::TcpListener;
+    use crate::tcp::transport::{Socket, Transport};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
 
     fn frame(n: usize) -> Frame {
         Arc::from(vec![7u8; n])
@@ -855,6 +875,64 @@ mod tests {
         (Arc::new(server), client)
     }
 
+    /// A TLS connection as the daemon runs one: the server's [`Transport`]
+    /// (non-blocking, after the handshake) and the client's stream. The
+    /// server speaks with a self-signed certificate made here, which this
+    /// client does not check.
+    fn tls_pair() -> (Transport, native_tls::TlsStream<TcpStream>) {
+        use openssl::{asn1::Asn1Time, ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "localhost").unwrap();
+        let name = name.build();
+        let mut cert = x509::X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        let identity = native_tls::Identity::from_pkcs8(
+            &cert.build().to_pem().unwrap(),
+            &key.private_key_to_pem_pkcs8().unwrap(),
+        )
+        .unwrap();
+        let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let connector = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap();
+            connector
+                .connect("localhost", TcpStream::connect(addr).unwrap())
+                .unwrap()
+        });
+        let (server, _) = listener.accept().unwrap();
+        let server = acceptor.accept(Socket::new(server)).unwrap();
+        let client = client.join().unwrap();
+        server.get_ref().tcp().set_nonblocking(true).unwrap();
+        (Transport::tls(server), client)
+    }
+
+    /// Writes all of `bytes` as the owner does, waiting while the socket is full.
+    fn owner_writes(transport: &mut Transport, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match transport.write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("owner's write: {e}"),
+            }
+        }
+    }
+
     /// An idle outbox writes a relay straight to the socket and queues
     /// nothing; while the owner writes, relays queue behind it instead.
     #[test]
@@ -862,7 +940,7 @@ mod tests {
         let metrics = Metrics::default();
         let (server, mut client) = socket_pair();
         let outbox = Outbox::new(1 << 20).unwrap();
-        outbox.set_sink(Some(server));
+        outbox.set_sink(Some(Sink::Plain(server)));
         outbox.push_through(Arc::from(&b"\0\0\0\x01\x0fa"[..]), &metrics);
         assert_eq!(outbox.queued_bytes(), 0);
         let mut got = [0u8; 6];
@@ -888,7 +966,7 @@ mod tests {
         let metrics = Metrics::default();
         let (server, mut client) = socket_pair();
         let outbox = Outbox::new(64 << 20).unwrap();
-        outbox.set_sink(Some(server));
+        outbox.set_sink(Some(Sink::Plain(server)));
         let big: Frame = Arc::from(vec![b'x'; 16 << 20]);
         outbox.push_through(big.clone(), &metrics);
         let queued = outbox.queued_bytes();
@@ -912,7 +990,7 @@ mod tests {
         let metrics = Metrics::default();
         let (server, _client) = socket_pair();
         let outbox = Outbox::new(64 << 20).unwrap();
-        outbox.set_sink(Some(server));
+        outbox.set_sink(Some(Sink::Plain(server)));
         outbox.push_through(Arc::from(vec![b'x'; 16 << 20]), &metrics);
         let rest = outbox.queued_bytes();
         assert!(rest > 0, "partly written");
@@ -923,6 +1001,68 @@ mod tests {
         assert_eq!(out.len(), rest + 6);
         assert!(out.ends_with(b"xanswer"));
         assert_eq!(outbox.queued_bytes(), 5, "queued behind the owner's write");
+    }
+
+    /// Over TLS as over plain TCP: an idle outbox encrypts a relay straight
+    /// onto the stream and queues nothing; while the owner writes, relays
+    /// queue behind it.
+    #[test]
+    fn tls_relays_are_written_through_only_while_the_owner_is_idle() {
+        let metrics = Metrics::default();
+        let (transport, mut client) = tls_pair();
+        let outbox = Outbox::new(1 << 20).unwrap();
+        outbox.set_sink(Some(transport.sink()));
+        outbox.push_through(Arc::from(&b"\0\0\0\x01\x0fa"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 0);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\0\0\0\x01\x0fa");
+        assert_eq!(metrics.written_through.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.bytes_out.load(Ordering::Relaxed), 6);
+
+        outbox.begin_write(&mut Vec::new());
+        outbox.push_through(Arc::from(&b"queued"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 6, "queued while the owner writes");
+        outbox.end_write();
+        outbox.push_through(Arc::from(&b"after"[..]), &metrics);
+        assert_eq!(outbox.queued_bytes(), 11, "queued behind what is queued");
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, 100, &metrics);
+        assert_eq!(out, b"queuedafter");
+        assert_eq!(metrics.written_through.load(Ordering::Relaxed), 1);
+    }
+
+    /// A TLS relay the socket takes only in part: OpenSSL may hold an
+    /// encrypted record of the rest, and SSL_write must be handed those bytes
+    /// again. The owner does so (the rest comes first in its buffer), and the
+    /// client decrypts the whole relay and then what was queued after it.
+    #[test]
+    fn a_partly_written_tls_relay_is_finished_before_anything_else() {
+        let metrics = Metrics::default();
+        let (mut transport, mut client) = tls_pair();
+        let outbox = Outbox::new(64 << 20).unwrap();
+        outbox.set_sink(Some(transport.sink()));
+        let big: Frame = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
+        outbox.push_through(big.clone(), &metrics);
+        let queued = outbox.queued_bytes();
+        assert!(queued > 0 && queued < big.len(), "partly written: {queued}");
+        outbox.push_through(Arc::from(&b"next"[..]), &metrics);
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, usize::MAX, &metrics);
+        assert_eq!(out.len(), queued + 4);
+        assert!(out.ends_with(b"next"));
+        let total = big.len() + 4;
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            client.read_exact(&mut got).map(|()| got)
+        });
+        owner_writes(&mut transport, &out);
+        outbox.end_write();
+        let got = reader.join().unwrap().unwrap();
+        assert!(got[..big.len()] == big[..], "the relay arrives whole");
+        assert_eq!(&got[big.len()..], b"next");
+        outbox.set_sink(None);
+        transport.close(std::time::Duration::ZERO);
     }
 
     /// Frames come out in order and the byte count follows them.

@@ -16,7 +16,7 @@ use native_tls::TlsAcceptor;
 use super::connection::Connection;
 use super::message::{MessageType, ServerMessage};
 use super::outbox::{Connections, Outbox};
-use super::transport::{Transport, accept_tls};
+use super::transport::{Socket, Transport, accept_tls};
 use crate::application::auth::AuthLimits;
 use crate::application::hub::{HoldLimits, HubSettings, RoomStores};
 use crate::application::{
@@ -559,8 +559,13 @@ fn run_connection(slot: Slot, stream: TcpStream, peer: std::net::SocketAddr, out
         None => Transport::Plain(std::sync::Arc::new(stream)),
         Some(acceptor) => {
             let deadline = opened + shared.limits.handshake_timeout;
-            match accept_tls(&acceptor, stream, deadline, Some(outbox.wake_fd())) {
-                Ok(tls) => Transport::Tls(Box::new(tls)),
+            match accept_tls(
+                &acceptor,
+                Socket::new(stream),
+                deadline,
+                Some(outbox.wake_fd()),
+            ) {
+                Ok(tls) => Transport::tls(tls),
                 Err(err) => {
                     info!(
                         "connection closed conn={id} peer={peer} user=- duration_ms={} reason={err}",

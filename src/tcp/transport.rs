@@ -1,29 +1,182 @@
 //! The byte stream under a connection: plain TCP or TLS over it, always non-blocking.
+//!
+//! Both are shared between the connection's own thread (the owner: it reads,
+//! writes its answers and queued frames, polls and closes) and the threads
+//! that relay SDP/ICE to it, which may write a relay straight to it while the
+//! owner is idle ([`Sink`], used by `Outbox::push_through`).
+//!
+//! A plain socket needs no lock of its own: write(2) on a socket is one
+//! system call, and the outbox's queue lock keeps two writers apart. A TLS
+//! stream does: OpenSSL's state (record sequence numbers, the cipher state,
+//! buffered records) must never be touched by two threads at once. So the
+//! TLS stream lives in a [`SharedTls`], behind a mutex (`SharedTls.stream`)
+//! that every use of it takes, the owner's included, for one call only: one
+//! read, one write, `pending()`, or the close_notify. The socket is
+//! non-blocking, so that call never waits for the network, and nobody holds
+//! the mutex across poll(2). It is the last lock in its chain: a sender takes
+//! it inside the outbox's queue lock (a write-through), the owner with
+//! nothing held, and nothing is taken inside it.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 use rustix::event::{PollFd, PollFlags};
 
 use super::poll::poll_until;
+use crate::sync::lock;
+
+/// A TCP socket that several handles share: TLS runs over it while the
+/// owner polls and shuts down the same socket through another handle.
+#[derive(Debug, Clone)]
+pub struct Socket(Arc<TcpStream>);
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket(Arc::new(tcp))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// A TLS stream shared by its connection's thread and write-through senders.
+#[derive(Clone)]
+pub struct SharedTls {
+    /// The socket under the stream, for poll(2) and shutdown(2) without the lock.
+    socket: Socket,
+    /// Taken for each OpenSSL call, and only for that call (see the module doc).
+    stream: Arc<Mutex<TlsStream<Socket>>>,
+}
 
 pub enum Transport {
     /// Shared with the connection's outbox, whose senders may write a relay
     /// straight to it (write-through, see `Outbox::push_through`); reads are
     /// the owner's alone.
     Plain(Arc<TcpStream>),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Shared with the outbox in the same way; every use takes its lock.
+    Tls(SharedTls),
+}
+
+/// What a write-through sender writes to: the connection's stream.
+#[derive(Clone)]
+pub enum Sink {
+    Plain(Arc<TcpStream>),
+    Tls(SharedTls),
+}
+
+/// How much of a frame a [`Sink`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Through {
+    /// All of it is on its way to the client.
+    All,
+    /// The first `n` bytes (possibly none) went out and the rest is owed:
+    /// it must be the next bytes written to this stream, before anything
+    /// else. Over TLS this is also the case when OpenSSL would block: it may
+    /// hold an encrypted record of the rest, and must be called again with
+    /// the same bytes (SSL_write's retry rule).
+    Part(usize),
+    /// Nothing went out and nothing is owed: the frame is queued as any other.
+    Nothing,
+}
+
+impl Sink {
+    /// Writes what the stream takes of `frame` now, never waiting: one
+    /// write(2) for a plain socket; for TLS, SSL_write record by record
+    /// until it is all written or OpenSSL would block, under the stream's
+    /// lock. The second value says the TLS stream holds decrypted input
+    /// poll(2) cannot see (OpenSSL read records while writing), which only
+    /// the owner can take.
+    pub fn write_through(&self, frame: &[u8]) -> (Through, bool) {
+        match self {
+            Sink::Plain(socket) => {
+                let written = loop {
+                    match (&**socket).write(frame) {
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        other => break other,
+                    }
+                };
+                let through = match written {
+                    Ok(n) if n == frame.len() => Through::All,
+                    Ok(n) if n > 0 => Through::Part(n),
+                    // A full socket, or an error the owner will meet itself.
+                    _ => Through::Nothing,
+                };
+                (through, false)
+            }
+            Sink::Tls(tls) => {
+                let mut stream = lock(&tls.stream);
+                let mut pos = 0;
+                // Each SSL_write sends at most one record (ENABLE_PARTIAL_WRITE,
+                // set by rust-openssl): a frame over 16 KiB takes several.
+                let through = loop {
+                    if pos == frame.len() {
+                        break Through::All;
+                    }
+                    match stream.write(&frame[pos..]) {
+                        Ok(0) => break Through::Part(pos),
+                        Ok(n) => pos += n,
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        // Would block, or failed: whatever OpenSSL holds of the
+                        // rest is owed first. After a failure the owner meets
+                        // the error on its own next call and closes.
+                        Err(_) => break Through::Part(pos),
+                    }
+                };
+                let buffered = stream.buffered_read_size().is_ok_and(|n| n > 0);
+                (through, buffered)
+            }
+        }
+    }
 }
 
 impl Transport {
+    /// A TLS stream whose handshake is done, made shareable.
+    pub fn tls(stream: TlsStream<Socket>) -> Transport {
+        Transport::Tls(SharedTls {
+            socket: stream.get_ref().clone(),
+            stream: Arc::new(Mutex::new(stream)),
+        })
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(s) => s,
-            Transport::Tls(s) => s.get_ref(),
+            Transport::Tls(s) => s.socket.tcp(),
+        }
+    }
+
+    /// What the connection's outbox writes relays through.
+    pub fn sink(&self) -> Sink {
+        match self {
+            Transport::Plain(s) => Sink::Plain(s.clone()),
+            Transport::Tls(s) => Sink::Tls(s.clone()),
         }
     }
 
@@ -31,7 +184,7 @@ impl Transport {
     pub fn has_buffered_input(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(s) => s.buffered_read_size().is_ok_and(|n| n > 0),
+            Transport::Tls(s) => lock(&s.stream).buffered_read_size().is_ok_and(|n| n > 0),
         }
     }
 
@@ -39,10 +192,11 @@ impl Transport {
     /// then discards what the client still sends until it closes too or
     /// `linger` passes. Closing a socket with unread input sends an RST, and a
     /// client's stack may then drop our last frames (an ERROR saying why)
-    /// before the client reads them.
+    /// before the client reads them. The outbox must have given the stream
+    /// back first (`set_sink(None)`): nothing may follow the close_notify.
     pub fn close(&mut self, linger: Duration) {
         if let Transport::Tls(s) = self {
-            let _ = s.shutdown();
+            let _ = lock(&s.stream).shutdown();
         }
         let mut tcp = self.tcp();
         let _ = tcp.shutdown(std::net::Shutdown::Write);
@@ -80,7 +234,7 @@ impl Transport {
             }
             Transport::Tls(s) => {
                 let mut scratch = [0u8; TLS_CHUNK];
-                let n = s.read(&mut scratch)?;
+                let n = lock(&s.stream).read(&mut scratch)?;
                 buf.extend_from_slice(&scratch[..n]);
                 Ok(n)
             }
@@ -101,7 +255,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => (&**s).read(buf),
-            Transport::Tls(s) => s.read(buf),
+            Transport::Tls(s) => lock(&s.stream).read(buf),
         }
     }
 }
@@ -110,14 +264,14 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => (&**s).write(buf),
-            Transport::Tls(s) => s.write(buf),
+            Transport::Tls(s) => lock(&s.stream).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => (&**s).flush(),
-            Transport::Tls(s) => s.flush(),
+            Transport::Tls(s) => lock(&s.stream).flush(),
         }
     }
 }
@@ -146,12 +300,12 @@ impl std::fmt::Display for HandshakeFailure {
 ///
 /// # Errors
 /// Timeout, interruption, or the TLS error (a plain-TCP client lands here).
-pub fn accept_tls(
+pub fn accept_tls<S: Read + Write + AsFd>(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     deadline: Instant,
     wake: Option<BorrowedFd<'_>>,
-) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+) -> Result<TlsStream<S>, HandshakeFailure> {
     let mut attempt = acceptor.accept(stream);
     loop {
         match attempt {

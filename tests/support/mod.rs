@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod coturn;
 pub mod daemon;
+pub mod relay_load;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -229,6 +230,11 @@ impl Client {
 
     pub fn try_tls(addr: SocketAddr, ca_pem: &[u8]) -> Result<Client, String> {
         let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        Client::tls_over(tcp, ca_pem)
+    }
+
+    /// A TLS client on a connected socket, trusting `ca_pem` for localhost.
+    fn tls_over(tcp: TcpStream, ca_pem: &[u8]) -> Result<Client, String> {
         tcp.set_read_timeout(Some(WAIT))
             .map_err(|e| e.to_string())?;
         let connector = native_tls::TlsConnector::builder()
@@ -424,6 +430,12 @@ impl Client {
         &self.tcp
     }
 
+    /// The stream (TLS or plain) and its socket, for a test that drives them
+    /// itself (non-blocking, say); frames already read and skipped are lost.
+    pub fn into_stream(self) -> (Box<dyn Stream>, TcpStream) {
+        (self.stream, self.tcp)
+    }
+
     /// Closes without a goodbye (a lost connection).
     pub fn drop_connection(self) {
         let _ = self.tcp.shutdown(std::net::Shutdown::Both);
@@ -478,4 +490,12 @@ pub fn connect_small_receive_buffer(to: SocketAddr) -> Client {
     let socket = new_socket();
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     client_on(socket, to)
+}
+
+/// [`connect_small_receive_buffer`] over TLS, trusting `ca_pem`.
+pub fn tls_small_receive_buffer(to: SocketAddr, ca_pem: &[u8]) -> Client {
+    let socket = new_socket();
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&to.into()).expect("connect");
+    Client::tls_over(socket.into(), ca_pem).expect("TLS handshake")
 }
