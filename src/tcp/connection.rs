@@ -392,13 +392,19 @@ impl Connection {
         let mut total = 0;
         while total < READ_ROUND {
             match self.transport.read_append(&mut self.inbuf, READ_CHUNK) {
-                Ok(0) => {
+                Ok(read) if read.bytes == 0 => {
                     self.input_closed = true;
                     break;
                 }
-                Ok(n) => {
-                    Metrics::add(&self.shared.metrics.bytes_in, n as u64);
-                    total += n;
+                Ok(read) => {
+                    Metrics::add(&self.shared.metrics.bytes_in, read.bytes as u64);
+                    total += read.bytes;
+                    // The socket had less than there was room for: it is
+                    // drained, and poll says when more comes (one read(2)
+                    // per wake-up, not a second one for EAGAIN).
+                    if !read.maybe_more {
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -479,8 +485,12 @@ impl Connection {
         // From here until its answers are written, whatever this request
         // decides (a RESUME attaching the session, a LOGIN) comes before any
         // relay a sender might otherwise write straight to the socket: the
-        // answer is the client's first news of it.
-        self.claim_output();
+        // answer is the client's first news of it. A relayed SDP/ICE frame
+        // changes nothing and is answered only when it fails, so it leaves
+        // write-through open (its ERROR, if any, claims the output then).
+        if !is_relay(kind) {
+            self.claim_output();
+        }
         trace!(
             "conn={} recv type=0x{:02X} bytes={}",
             self.id,
@@ -625,4 +635,12 @@ impl Drop for Connection {
             self.end_reason.as_deref().unwrap_or("panic")
         );
     }
+}
+
+/// SDP and ICE frames: relayed to a peer, answered only when they fail.
+fn is_relay(kind: u8) -> bool {
+    matches!(
+        MessageType::from_code(kind),
+        Some(MessageType::SdpOffer | MessageType::SdpAnswer | MessageType::IceCandidate)
+    )
 }

@@ -226,20 +226,40 @@ impl Transport {
     /// Reads what is available onto the end of `buf`, at most about `chunk`
     /// bytes more. Plain TCP reads straight into the vector's spare capacity:
     /// no zeroed scratch buffer, no copy. TLS decrypts through a scratch chunk.
-    pub fn read_append(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+    pub fn read_append(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<ReadOutcome> {
         match self {
             Transport::Plain(s) => {
                 buf.reserve(chunk);
-                rustix::io::read(&**s, rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
+                let room = buf.capacity() - buf.len();
+                let bytes = rustix::io::read(&**s, rustix::buffer::spare_capacity(buf))?;
+                Ok(ReadOutcome {
+                    bytes,
+                    maybe_more: bytes == room,
+                })
             }
             Transport::Tls(s) => {
                 let mut scratch = [0u8; TLS_CHUNK];
-                let n = lock(&s.stream).read(&mut scratch)?;
-                buf.extend_from_slice(&scratch[..n]);
-                Ok(n)
+                let bytes = lock(&s.stream).read(&mut scratch)?;
+                buf.extend_from_slice(&scratch[..bytes]);
+                // A TLS read ends at a record boundary, not when the socket
+                // is drained: read on until it says WouldBlock.
+                Ok(ReadOutcome {
+                    bytes,
+                    maybe_more: true,
+                })
             }
         }
     }
+}
+
+/// What one [`Transport::read_append`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes appended; 0 is end of stream.
+    pub bytes: usize,
+    /// The read may have left bytes behind (it filled the room it had, or
+    /// TLS): read again before waiting in poll.
+    pub maybe_more: bool,
 }
 
 /// Decrypted bytes taken per TLS read (the largest TLS record's plaintext).
