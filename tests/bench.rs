@@ -52,6 +52,31 @@ fn the_closed_loop_relay_gets_every_probe_back_from_both_servers() {
     assert!(v["ratio_to_floor"]["throughput"].as_f64().is_some(), "{v}");
 }
 
+/// Over TLS (closed loop, the daemon on a self-signed certificate made for
+/// the run): every probe comes back, and relays are written through.
+#[test]
+fn the_relay_over_tls_gets_every_probe_back() {
+    let v = run(&[
+        "relay",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+        "--size",
+        "64",
+        "--tls",
+        "--no-floor",
+    ]);
+    assert_eq!(v["tls"], true, "{v}");
+    let sent = count(&v, "/switchboard/sent");
+    assert!(sent > 0, "{v}");
+    assert_eq!(count(&v, "/switchboard/received"), sent, "{v}");
+    for zero in ["errors", "lost", "reordered"] {
+        assert_eq!(count(&v, &format!("/switchboard/{zero}")), 0, "{zero}: {v}");
+    }
+    assert!(count(&v, "/daemon_relays_written_through") > 0, "{v}");
+}
+
 /// Open loop: probes are sent on schedule and, after the grace period, none is missing.
 #[test]
 fn the_open_loop_relay_accounts_for_every_probe() {

@@ -15,8 +15,48 @@ pub type RawFrame = (u8, Vec<u8>);
 
 /// A blocking connection that reads whole frames.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     inbuf: Vec<u8>,
+}
+
+/// Plain TCP or TLS over it, blocking (reads time out).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<native_tls::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
 }
 
 fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
@@ -34,9 +74,32 @@ impl Client {
         Ok(Client::from_stream(stream))
     }
 
+    /// [`Client::connect`], then a TLS handshake with `tls` (for
+    /// `localhost`) if given.
+    ///
+    /// # Errors
+    /// If the connection or the handshake fails.
+    pub fn connect_with(
+        addr: SocketAddr,
+        tls: Option<&native_tls::TlsConnector>,
+    ) -> io::Result<Client> {
+        let Some(connector) = tls else {
+            return Client::connect(addr);
+        };
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        let stream = connector
+            .connect("localhost", tcp)
+            .map_err(|e| io::Error::other(format!("TLS handshake with {addr}: {e}")))?;
+        Ok(Client {
+            stream: Stream::Tls(Box::new(stream)),
+            inbuf: Vec::with_capacity(4096),
+        })
+    }
+
     pub fn from_stream(stream: TcpStream) -> Client {
         Client {
-            stream,
+            stream: Stream::Plain(stream),
             inbuf: Vec::with_capacity(4096),
         }
     }
@@ -44,15 +107,21 @@ impl Client {
     /// A second handle on the socket, for a thread that only writes.
     ///
     /// # Errors
-    /// As [`TcpStream::try_clone`].
+    /// As [`TcpStream::try_clone`]; a TLS connection has none (its state
+    /// cannot be shared by two threads).
     pub fn writer(&self) -> io::Result<TcpStream> {
-        self.stream.try_clone()
+        match &self.stream {
+            Stream::Plain(s) => s.try_clone(),
+            Stream::Tls(_) => Err(io::Error::other(
+                "a TLS connection cannot be written from a second thread",
+            )),
+        }
     }
 
     /// # Errors
     /// As [`TcpStream::set_read_timeout`].
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.stream.tcp().set_read_timeout(timeout)
     }
 
     /// Writes an already-encoded frame in one write.
@@ -60,7 +129,8 @@ impl Client {
     /// # Errors
     /// If the write fails.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
     }
 
     /// # Errors

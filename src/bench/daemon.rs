@@ -24,6 +24,8 @@ pub struct DaemonOptions {
     pub max_connections: usize,
     /// Users `bench0..benchN` written to users.txt before the start.
     pub users: usize,
+    /// Serve TLS with this identity (written into the scratch directory).
+    pub tls: Option<super::tls::Identity>,
 }
 
 /// A running daemon; killed and its directory removed when dropped.
@@ -117,7 +119,12 @@ impl Daemon {
         });
         fs::write(&config, json.to_string())?;
         let stderr = fs::File::create(dir.join("daemon.stderr"))?;
-        let mut child = Command::new(&opts.binary)
+        let mut command = Command::new(&opts.binary);
+        if let Some(identity) = &opts.tls {
+            let (cert, key) = identity.write(&dir)?;
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let mut child = command
             .arg("--bind")
             .arg("127.0.0.1")
             .args(["--port", "0", "--admin-bind", "127.0.0.1:0"])

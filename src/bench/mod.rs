@@ -17,6 +17,7 @@
 //! - [`stats`]: percentiles, loss and reordering.
 //! - [`client`]: a blocking client over [`crate::tcp::frame`] and [`crate::tcp::message`].
 //! - [`daemon`]: starting the daemon, its users file, /proc and /metrics.
+//! - [`tls`]: a self-signed identity for the daemon and a client that trusts it (`relay --tls`).
 
 pub mod client;
 pub mod daemon;
@@ -27,6 +28,7 @@ pub mod rooms;
 pub mod setup;
 pub mod stats;
 pub mod swarm;
+pub mod tls;
 
 use std::io;
 use std::path::PathBuf;
@@ -51,11 +53,21 @@ pub struct Common {
 
 impl Common {
     fn start_daemon(&self, users: usize, connections: usize) -> io::Result<Daemon> {
+        self.start_daemon_with(users, connections, None)
+    }
+
+    fn start_daemon_with(
+        &self,
+        users: usize,
+        connections: usize,
+        tls: Option<tls::Identity>,
+    ) -> io::Result<Daemon> {
         Daemon::start(&DaemonOptions {
             binary: self.daemon.clone(),
             bcrypt_cost: self.bcrypt_cost,
             max_connections: connections + 64,
             users,
+            tls,
         })
     }
 }
@@ -84,11 +96,19 @@ fn relay_line(f: &RelayFigures) -> String {
 }
 
 /// The relay workload against the floor and then Switchboard, in the same run;
-/// Switchboard's figures are also given as ratios to the floor's.
+/// Switchboard's figures are also given as ratios to the floor's. With
+/// `tls`, the daemon serves TLS (a self-signed identity made for the run) and
+/// the pairs connect over it; the floor stays plain TCP, the same yardstick
+/// for both.
 ///
 /// # Errors
 /// If either server cannot be started or the pairs cannot be set up.
-pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) -> io::Result<Value> {
+pub fn relay_workload(
+    common: &Common,
+    opts: &RelayOptions,
+    with_floor: bool,
+    tls: bool,
+) -> io::Result<Value> {
     let floor = if with_floor {
         let server = FloorProcess::start(&common.bench)?;
         let figures = relay::run(Target::Floor(server.addr), opts)?;
@@ -97,9 +117,20 @@ pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) ->
     } else {
         None
     };
-    let daemon = common.start_daemon(2 * opts.pairs, 2 * opts.pairs)?;
-    let sb = relay::run(Target::Switchboard(daemon.addr), opts)?;
+    let identity = if tls {
+        Some(tls::Identity::self_signed()?)
+    } else {
+        None
+    };
+    let mut sb_opts = opts.clone();
+    sb_opts.tls = identity
+        .as_ref()
+        .map(tls::Identity::connector)
+        .transpose()?;
+    let daemon = common.start_daemon_with(2 * opts.pairs, 2 * opts.pairs, identity)?;
+    let sb = relay::run(Target::Switchboard(daemon.addr), &sb_opts)?;
     let relay_count = daemon.metric("switchboard_relay_seconds_count");
+    let written_through = daemon.metric("switchboard_relays_written_through_total");
     drop(daemon);
     let mode = if opts.rate.is_some() {
         "open loop"
@@ -107,13 +138,18 @@ pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) ->
         "closed loop"
     };
     println!(
-        "relay ({mode}, {} pairs, {} B candidates, {:.0} s{})",
+        "relay ({mode}, {} pairs, {} B candidates, {:.0} s{}{})",
         opts.pairs,
         opts.size,
         opts.duration.as_secs_f64(),
         opts.rate
             .map(|r| format!(", {r:.0} msgs/s"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if tls {
+            ", daemon over TLS, floor plain"
+        } else {
+            ""
+        }
     );
     if let Some(f) = &floor {
         println!("{}", relay_line(f));
@@ -136,9 +172,13 @@ pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) ->
             r["p999"].as_f64().unwrap_or(0.0)
         );
     }
+    if let (Some(relays), Some(through)) = (relay_count, written_through) {
+        println!("  daemon: {through} of {relays} relays written through by their senders");
+    }
     Ok(json!({
         "workload": "relay",
         "mode": sb.mode,
+        "tls": tls,
         "pairs": opts.pairs,
         "size": opts.size,
         "rate": opts.rate,
@@ -146,6 +186,7 @@ pub fn relay_workload(common: &Common, opts: &RelayOptions, with_floor: bool) ->
         "floor": floor,
         "ratio_to_floor": ratios,
         "daemon_relay_histogram_count": relay_count,
+        "daemon_relays_written_through": written_through,
     }))
 }
 

@@ -48,6 +48,9 @@ pub struct RelayOptions {
     /// Lets another thread see when the probes start and end the run early
     /// (`relay-storm`); `None` runs for `duration`.
     pub control: Option<Arc<RunControl>>,
+    /// Connect to the daemon over TLS with this connector (closed loop only:
+    /// the open loop writes from a second thread). The floor is always plain.
+    pub tls: Option<native_tls::TlsConnector>,
 }
 
 /// Shared with a run in progress: `started` is set when the probes start,
@@ -177,7 +180,11 @@ pub fn echo_of(kind: u8, payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Connects pair `i` and returns (caller, callee, call_id).
-fn connect_pair(target: Target, i: usize) -> io::Result<(Client, Client, String)> {
+fn connect_pair(
+    target: Target,
+    i: usize,
+    tls: Option<&native_tls::TlsConnector>,
+) -> io::Result<(Client, Client, String)> {
     match target {
         Target::Floor(addr) => {
             let key = format!("pair{i}");
@@ -196,8 +203,8 @@ fn connect_pair(target: Target, i: usize) -> io::Result<(Client, Client, String)
         }
         Target::Switchboard(addr) => {
             let (a, b) = pair_users(i);
-            let mut caller = Client::connect(addr)?;
-            let mut callee = Client::connect(addr)?;
+            let mut caller = Client::connect_with(addr, tls)?;
+            let mut callee = Client::connect_with(addr, tls)?;
             for c in [&caller, &callee] {
                 c.set_read_timeout(Some(Duration::from_millis(500)))?;
             }
@@ -449,7 +456,7 @@ pub fn run_timed(target: Target, opts: &RelayOptions) -> io::Result<(RelayFigure
             .stack_size(256 * 1024)
             .spawn(
                 move || -> io::Result<(PairResult, thread::JoinHandle<u64>)> {
-                    let connected = connect_pair(target, i);
+                    let connected = connect_pair(target, i, opts.tls.as_ref());
                     ready.wait();
                     let (mut caller, callee, call_id) = connected?;
                     let stop = stop_echo.clone();

@@ -46,6 +46,10 @@ enum Command {
         /// Skip the floor (Switchboard only).
         #[arg(long)]
         no_floor: bool,
+        /// The daemon serves TLS (a self-signed certificate made for the run)
+        /// and the pairs connect over it; closed loop only. The floor stays plain.
+        #[arg(long, conflicts_with = "rate")]
+        tls: bool,
     },
     /// The relay on an idle daemon, then in the same run while clients log in
     /// at once (storm); RTT percentiles of both phases and their ratio.
@@ -231,6 +235,7 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
             size,
             rate,
             no_floor,
+            tls,
         } => {
             need(2 * pairs + 64);
             bench::relay_workload(
@@ -242,8 +247,10 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
                     rate,
                     grace: Duration::from_secs(2),
                     control: None,
+                    tls: None,
                 },
                 !no_floor,
+                tls,
             )?
         }
         Command::RelayStorm {
@@ -266,6 +273,7 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
                         rate,
                         grace: Duration::from_secs(2),
                         control: None,
+                        tls: None,
                     },
                     clients,
                     shards: threads,
