@@ -46,15 +46,18 @@
 //! returns a [`Ticket`] (a log sequence number, the record's offset and the
 //! batch's outcome cell);
 //! [`Journal::wait`] returns once the record is durable. The first waiter that
-//! finds no write in progress becomes the leader: it takes the whole pending
-//! buffer, releases the state lock, writes the buffer with one `pwrite` and
-//! calls `fdatasync` once, then takes the lock again, settles the batch's
-//! outcome cell (shared by its tickets: no per-failure history is kept) and
-//! wakes everyone. Records enqueued meanwhile form the next batch,
-//! written by the next leader. Nobody holds a lock across the write or the
-//! fsync; followers sleep on the condition variable. An owner that must keep
-//! its own order (sequence numbers) enqueues under its own lock and waits
-//! after releasing it.
+//! finds no write in progress and whose record is still pending becomes the
+//! leader: it takes the whole pending buffer, releases the state lock, writes
+//! the buffer with one `pwrite` and calls `fdatasync` once, then takes the
+//! lock again and settles the batch's outcome cell (shared by its tickets: no
+//! per-failure history is kept). Records enqueued meanwhile form the next
+//! batch, written by the next leader. Nobody holds a lock across the write or
+//! the fsync. Waiters sleep on their batch's own condition variable: settling
+//! a batch wakes its writers only, and one writer of the pending batch is
+//! woken to lead it (64 writers woken per fsync to find most of them still
+//! waiting cost more CPU than the writes). An owner that must keep its own
+//! order (sequence numbers) enqueues under its own lock and waits after
+//! releasing it.
 //!
 //! # Failures
 //!
@@ -85,10 +88,11 @@
 //!
 //! # Locks
 //!
-//! - `state` (Mutex) + `changed` (Condvar): the pending buffer, the durable
-//!   and enqueued marks, the leader and pause flags, the file handle. Held
-//!   only for memory work; never across a write or an fsync. A leaf: nothing
-//!   else is taken while it is held.
+//! - `state` (Mutex): the pending buffer, the durable and enqueued marks, the
+//!   leader and pause flags, the file handle. Held only for memory work; never
+//!   across a write or an fsync. A leaf: nothing else is taken while it is
+//!   held. Waiters sleep with it on their batch's condition variable; a
+//!   compaction waits with it on `changed`.
 //! - `maintenance` (Mutex): one rewrite at a time. Held across the rewrite's
 //!   I/O (by the compactor, never by an appender).
 //!
@@ -250,8 +254,30 @@ pub struct Hooks {
     pub sync: Option<SyncHook>,
 }
 
-/// How a batch ended: unset while pending, `None` durable, `Some` failed.
-type Cell = Arc<OnceLock<Option<Failure>>>;
+/// How a batch ended, shared by its tickets.
+type Cell = Arc<BatchCell>;
+
+/// A batch's outcome (unset while pending, `None` durable, `Some` failed),
+/// and where the waiters of its records sleep (with the state lock): all are
+/// woken when the outcome is set, and one of them when the batch, still
+/// pending, may be handed to a leader. Nobody else is woken.
+#[derive(Debug, Default)]
+struct BatchCell {
+    outcome: OnceLock<Option<Failure>>,
+    wake: Condvar,
+}
+
+impl BatchCell {
+    fn get(&self) -> Option<&Option<Failure>> {
+        self.outcome.get()
+    }
+
+    /// Sets the outcome (under the state lock) and wakes the batch's waiters.
+    fn settle(&self, outcome: Option<Failure>) {
+        let _ = self.outcome.set(outcome);
+        self.wake.notify_all();
+    }
+}
 
 /// A record handed to the journal: wait on it with [`Journal::wait`].
 #[derive(Clone, Debug)]
@@ -635,8 +661,8 @@ impl Journal {
         outcome(ticket)
     }
 
-    /// Returns once the record is durable, leading the write of a batch if no
-    /// one else is.
+    /// Returns once the record is durable, leading the write of its batch if
+    /// no one else is writing and the batch has not been taken yet.
     ///
     /// # Errors
     /// The write or fsync of its batch failed (nothing of the batch is acknowledged).
@@ -648,14 +674,25 @@ impl Journal {
                 Some(Some(failure)) => return Err(failure.error()),
                 None => {}
             }
-            if !st.leader && !st.paused && !st.pending.is_empty() {
+            // Only a waiter of the pending batch leads: one whose record is
+            // already being written would hold up its own answer.
+            if Arc::ptr_eq(&ticket.cell, &st.batch) && can_lead(&st) {
                 st = self.lead(st);
             } else {
-                st = self
-                    .changed
+                st = ticket
+                    .cell
+                    .wake
                     .wait(st)
                     .unwrap_or_else(PoisonError::into_inner);
             }
+        }
+    }
+
+    /// Wakes one waiter of the pending batch if it may be written now (the
+    /// write in progress ended, a compaction ended).
+    fn kick(&self, st: &State) {
+        if can_lead(st) {
+            st.batch.wake.notify_one();
         }
     }
 
@@ -718,7 +755,7 @@ impl Journal {
             Ok(()) => {
                 st.durable_end = base + batch.len() as u64;
                 st.allocated = allocated;
-                let _ = cell.set(None);
+                cell.settle(None);
                 // Only the records this batch carried: failed ones never count.
                 self.appends.fetch_add(records, Ordering::Relaxed);
             }
@@ -732,9 +769,9 @@ impl Journal {
                 );
                 // Everything not durable fails: the batch and all behind it.
                 st.failure_count += 1;
-                let _ = cell.set(Some(failure.clone()));
+                cell.settle(Some(failure.clone()));
                 let behind = std::mem::take(&mut st.batch);
-                let _ = behind.set(Some(failure.clone()));
+                behind.settle(Some(failure.clone()));
                 st.pending_records = 0;
                 st.pending.clear();
                 st.end = st.durable_end;
@@ -750,7 +787,11 @@ impl Journal {
         }
         batch.clear();
         st.spare = batch;
-        self.changed.notify_all();
+        if st.paused {
+            // A compaction waits for this write.
+            self.changed.notify_all();
+        }
+        self.kick(&st);
         st
     }
 
@@ -925,9 +966,15 @@ impl Journal {
     }
 
     fn resume(&self) {
-        lock(&self.state).paused = false;
-        self.changed.notify_all();
+        let mut st = lock(&self.state);
+        st.paused = false;
+        self.kick(&st);
     }
+}
+
+/// Whether a waiter of the pending batch may lead its write now.
+fn can_lead(st: &State) -> bool {
+    !st.leader && !st.paused && !st.pending.is_empty()
 }
 
 fn outcome(ticket: &Ticket) -> Outcome {
