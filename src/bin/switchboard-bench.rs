@@ -150,6 +150,14 @@ enum Command {
         /// Where the files go (on the disk to measure; removed afterwards).
         #[arg(long, default_value = "bench-journal")]
         dir: PathBuf,
+        /// Engines to run, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "journal,sqlite",
+            value_delimiter = ','
+        )]
+        engines: Vec<journal::Engine>,
     },
     /// Conversation logs: fill, then start-up time, RSS per message and
     /// 50-message page latency in a fresh process.
@@ -310,12 +318,14 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
             seconds,
             size,
             dir,
+            engines,
         } => {
             let lines = journal::journal_workload(&journal::JournalOptions {
                 writers,
                 duration: Duration::from_secs_f64(seconds),
                 size,
                 dir,
+                engines,
             })?;
             for line in lines {
                 println!("{line}");
