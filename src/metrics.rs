@@ -275,7 +275,7 @@ impl Metrics {
         counter(
             &mut out,
             "switchboard_relays_written_through_total",
-            "Relayed frames written to the recipient's socket by the sender's thread (write-through), without waking the recipient's thread.",
+            "Relayed frames written to the recipient's socket by the sender's thread (write-through), wholly or in part; the recipient's thread is woken only to write a rest or read what TLS decrypted.",
             &self.written_through,
         );
         counter(
