@@ -20,21 +20,26 @@
 //! Framed files are written ahead with zeros ([`PREALLOCATE`] at a time) so
 //! that an append overwrites existing blocks and its fdatasync has no
 //! metadata to commit; a zero tail after the last record is that space.
-//! Once less than half of it is left, the leader whose batch found so writes
-//! the next [`PREALLOCATE`] after its batch is settled and the next leader
-//! kicked: [`ZERO_STEP`] at a time, each step synced through a file
-//! description of its own (so that its fsync never stands for a batch's, and
-//! a write-back error still reaches the batches' description) and only then
-//! counted as room. Batches go on meanwhile; one whose fsync comes then
-//! flushes at most one step of zeros with its records. Only that leader's own
-//! caller waits for the zeros. A batch that does not fit in the room there is
-//! (the first of a new or reopened file, a very large one) writes zeros
-//! itself, its fsync flushing them while everyone behind it waits (about
-//! 10 ms for 4 MiB on this disk: the stall that writing ahead avoids). Zeros
-//! are only ever written past `allocated`, the room every batch handed out
-//! fits under, so a batch that would not fit waits while zeros are being
-//! written ahead; a cut after a failure or a compaction makes zeros being
-//! written for the file as it was count for nothing.
+//!
+//! Zeros are written ahead off the batches' path. Once a durable batch leaves
+//! less than half of [`PREALLOCATE`] of room (`allocated`, the end of the
+//! zeros already durable), its leader hands the next [`PREALLOCATE`] to a
+//! thread of their own (one at a time, short-lived), which writes them
+//! [`ZERO_STEP`] at a time, syncs each step through a file description of its
+//! own (so that its fsync never stands for a batch's, and a write-back error
+//! still reaches the batches' description) and only then counts it as room.
+//! No caller waits for them: batches go on below the room, and one whose
+//! fsync comes meanwhile flushes at most one step of zeros with its records.
+//! While they are being written, a batch that would end past the room waits
+//! for the next step (the zeros would land over its records). Otherwise a
+//! batch past the room (the first after an open, a cut or a compaction, or
+//! one larger than the room) writes its own zeros, its fsync flushing them
+//! while everyone behind it waits (about 10 ms for 4 MiB on this disk: the
+//! stall that writing ahead avoids). A cut after a failure, a compaction and
+//! the close stop zeros being written for the file as it was: they are not
+//! counted as room. After a cut, batches past the room still wait for the
+//! step in progress (it may land after the cut); after a compaction they do
+//! not (it lands in the replaced file); the close waits for it.
 //!
 //! # Recovery at open
 //!
@@ -62,7 +67,8 @@
 //! batch's outcome cell);
 //! [`Journal::wait`] returns once the record is durable. The first waiter that
 //! finds no write in progress and whose record is still pending becomes the
-//! leader: it takes the whole pending buffer, releases the state lock, writes
+//! leader (unless a compaction holds batches, or the batch must wait for
+//! zeros being written ahead): it takes the whole pending buffer, releases the state lock, writes
 //! the buffer with one `pwrite` and calls `fdatasync` once, then takes the
 //! lock again and settles the batch's outcome cell (shared by its tickets: no
 //! per-failure history is kept). Records enqueued meanwhile form the next
@@ -104,10 +110,12 @@
 //! # Locks
 //!
 //! - `state` (Mutex): the pending buffer, the durable and enqueued marks, the
-//!   leader and pause flags, the file handle. Held only for memory work; never
-//!   across a write or an fsync. A leaf: nothing else is taken while it is
-//!   held. Waiters sleep with it on their batch's condition variable; a
-//!   compaction waits with it on `changed`.
+//!   room and the zeros' progress, the leader and pause flags, the file
+//!   handles. Shared (an `Arc`) with the thread writing zeros ahead. Held only
+//!   for memory work; never across a write or an fsync, nor a thread's start.
+//!   A leaf: nothing else is taken while it is held. Waiters sleep with it on
+//!   their batch's condition variable; a compaction (for the write in
+//!   progress) and the close (for the zeros) wait with it on `changed`.
 //! - `maintenance` (Mutex): one rewrite at a time. Held across the rewrite's
 //!   I/O (by the compactor, never by an appender).
 //!
@@ -122,7 +130,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use log::warn;
+use log::{debug, warn};
 
 use super::fsutil::sync_dir;
 
@@ -359,7 +367,8 @@ pub struct JournalStats {
     /// Zeros written ahead by a batch that did not fit: its fsync flushed
     /// them while everyone behind it waited.
     pub preallocations_inline: u64,
-    /// Zeros written ahead by a leader whose batch was done (see "Formats").
+    /// Runs of zeros written ahead off the batches' path, [`PREALLOCATE`]
+    /// each (see "Formats").
     pub preallocations_ahead: u64,
     /// The fsyncs those zeros written ahead took, [`ZERO_STEP`] each (not
     /// counted in `fsyncs`).
@@ -403,12 +412,15 @@ struct State {
     /// The file's own description for writing zeros ahead (Framed files):
     /// its fsyncs never stand for a batch's.
     zeros_fd: Option<Arc<File>>,
-    /// A leader whose batch is done is writing zeros past `allocated`: a
-    /// batch that would end past `allocated` waits for it.
-    extending: bool,
-    /// Bumped when the file is cut back or replaced: zeros being written
-    /// ahead for the file as it was stop and count for nothing.
+    /// Zeros are being written ahead, past `allocated`, to the file of this
+    /// generation: while it is the current file, a batch that would end past
+    /// `allocated` waits for them.
+    extending: Option<u64>,
+    /// Bumped when the file is cut back or replaced, and at close: zeros
+    /// being written ahead stop and count for nothing.
     epoch: u64,
+    /// Bumped when a compaction replaces the file.
+    generation: u64,
     /// Encoded records not yet taken by a leader.
     pending: Vec<u8>,
     /// The last leader's buffer, kept for its capacity.
@@ -427,16 +439,19 @@ struct State {
     hooks: Hooks,
     /// Replaces the compaction's fsyncs of its new file (tests).
     rewrite_sync: Option<SyncHook>,
-    /// Replaces the fsyncs of zeros written ahead (tests).
-    zeros_sync: Option<SyncHook>,
+    /// Replaces the write and fsync of zeros written ahead (tests).
+    zeros_hooks: Hooks,
 }
 
 /// An append-only file with group commit. See the module documentation.
 pub struct Journal {
     path: PathBuf,
     format: Format,
-    state: Mutex<State>,
-    changed: Condvar,
+    /// Shared with the thread writing zeros ahead, if one is running.
+    state: Arc<Mutex<State>>,
+    /// Compactions and the close wait here (for the write in progress, for
+    /// zeros being written ahead).
+    changed: Arc<Condvar>,
     maintenance: Mutex<()>,
     appends: AtomicU64,
     fsyncs: AtomicU64,
@@ -444,7 +459,7 @@ pub struct Journal {
     rewrites: AtomicU64,
     preallocations_inline: AtomicU64,
     preallocations_ahead: AtomicU64,
-    zero_syncs: AtomicU64,
+    zero_syncs: Arc<AtomicU64>,
 }
 
 use crate::sync::lock;
@@ -589,14 +604,15 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             format: spec.format,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 file: Arc::new(file),
                 end: scan.valid,
                 durable_end: scan.valid,
                 allocated: scan.valid,
                 zeros_fd,
-                extending: false,
+                extending: None,
                 epoch: 0,
+                generation: 0,
                 pending: Vec::new(),
                 spare: Vec::new(),
                 enqueued: 0,
@@ -608,9 +624,9 @@ impl Journal {
                 broken: None,
                 hooks: Hooks::default(),
                 rewrite_sync: None,
-                zeros_sync: None,
-            }),
-            changed: Condvar::new(),
+                zeros_hooks: Hooks::default(),
+            })),
+            changed: Arc::new(Condvar::new()),
             maintenance: Mutex::new(()),
             appends: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
@@ -618,7 +634,7 @@ impl Journal {
             rewrites: AtomicU64::new(0),
             preallocations_inline: AtomicU64::new(0),
             preallocations_ahead: AtomicU64::new(0),
-            zero_syncs: AtomicU64::new(0),
+            zero_syncs: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -640,9 +656,9 @@ impl Journal {
         lock(&self.state).rewrite_sync = hook;
     }
 
-    /// Replaces the fsyncs of zeros written ahead (tests).
-    pub fn set_zeros_sync(&self, hook: Option<SyncHook>) {
-        lock(&self.state).zeros_sync = hook;
+    /// Replaces the write and fsync of zeros written ahead (tests).
+    pub fn set_zeros_hooks(&self, hooks: Hooks) {
+        lock(&self.state).zeros_hooks = hooks;
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -763,14 +779,6 @@ impl Journal {
         }
     }
 
-    /// Wakes one waiter of the pending batch if it may be written now (the
-    /// write in progress ended, a compaction ended).
-    fn kick(&self, st: &State) {
-        if can_lead(st) {
-            st.batch.wake.notify_one();
-        }
-    }
-
     /// Enqueues and waits: returns the record's offset once it is durable
     /// (as of the file current then: see [`Ticket::offset`]).
     ///
@@ -877,76 +885,56 @@ impl Journal {
         } else {
             None
         };
-        self.kick(&st);
+        kick(&st);
         match ahead {
-            Some(ahead) => self.write_zeros_ahead(st, ahead),
+            Some(ahead) => {
+                drop(st);
+                self.start_zeros_ahead(ahead);
+                lock(&self.state)
+            }
             None => st,
         }
     }
 
-    /// After a durable batch: whether its leader should write zeros ahead
-    /// now (less than half of [`PREALLOCATE`] of room left, nobody at it).
+    /// After a durable batch: zeros to write ahead now, if less than half of
+    /// [`PREALLOCATE`] of room is left and nobody is at it (nor a compaction
+    /// about to replace the file).
     fn plan_zeros_ahead(&self, st: &mut State) -> Option<ZerosAhead> {
         let fd = st.zeros_fd.clone()?;
         let room = st.allocated.saturating_sub(st.durable_end);
-        if st.extending || st.broken.is_some() || room >= PREALLOCATE / 2 {
+        if st.extending.is_some() || st.paused || st.broken.is_some() || room >= PREALLOCATE / 2 {
             return None;
         }
-        st.extending = true;
+        st.extending = Some(st.generation);
         Some(ZerosAhead {
             fd,
             from: st.allocated,
             to: st.allocated + PREALLOCATE,
             epoch: st.epoch,
-            sync: st.zeros_sync.clone(),
+            hooks: st.zeros_hooks.clone(),
         })
     }
 
-    /// Writes zeros ahead, [`ZERO_STEP`] at a time, each step synced through
-    /// the zeros' own description and then counted as room. Run by a leader
-    /// whose batch is settled, with no lock held during the I/O: only its own
-    /// caller waits for it. Stops at a failure (the room is wanted, not
-    /// needed: a batch that does not fit writes its own zeros) or once the
-    /// file was cut back or replaced.
-    fn write_zeros_ahead<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        ahead: ZerosAhead,
-    ) -> MutexGuard<'a, State> {
+    /// Hands the zeros to a thread of their own, so that no caller waits for
+    /// them. Without a thread (none can be made) there are none: batches
+    /// then write their own.
+    fn start_zeros_ahead(&self, ahead: ZerosAhead) {
         self.preallocations_ahead.fetch_add(1, Ordering::Relaxed);
-        let zeros = vec![0u8; ZERO_STEP as usize];
-        let mut at = ahead.from;
-        while at < ahead.to {
-            drop(st);
-            let n = (ahead.to - at).min(ZERO_STEP);
-            let done = ahead
-                .fd
-                .write_all_at(&zeros[..n as usize], at)
-                .and_then(|()| {
-                    self.zero_syncs.fetch_add(1, Ordering::Relaxed);
-                    match &ahead.sync {
-                        Some(sync) => sync(&ahead.fd),
-                        None => ahead.fd.sync_data(),
-                    }
-                });
-            st = lock(&self.state);
-            if let Err(err) = done {
-                log::debug!(
-                    "journal {}: writing zeros ahead stopped ({err}); batches will write their own",
-                    self.path.display()
-                );
-                break;
-            }
-            if st.epoch != ahead.epoch || st.broken.is_some() {
-                break;
-            }
-            at += n;
-            st.allocated = st.allocated.max(at);
-            self.kick(&st);
+        let (state, changed) = (self.state.clone(), self.changed.clone());
+        let (syncs, path) = (self.zero_syncs.clone(), self.path.clone());
+        let started = std::thread::Builder::new()
+            .name("journal-zeros".into())
+            .spawn(move || write_zeros_ahead(&state, &changed, &syncs, &path, ahead));
+        if let Err(err) = started {
+            warn!(
+                "journal {}: no thread for writing zeros ahead ({err}); batches will write their own",
+                self.path.display()
+            );
+            let mut st = lock(&self.state);
+            st.extending = None;
+            self.changed.notify_all();
+            kick(&st);
         }
-        st.extending = false;
-        self.kick(&st);
-        st
     }
 
     /// Writes zeros from `from` (at or past the durable end) to past
@@ -1120,6 +1108,7 @@ impl Journal {
                 st.allocated = st.durable_end;
                 st.zeros_fd = zeros_fd;
                 st.epoch += 1;
+                st.generation += 1;
                 if let Err(err) = &dir_synced {
                     st.broken = Some(Failure::of(err));
                 }
@@ -1134,25 +1123,111 @@ impl Journal {
     fn resume(&self) {
         let mut st = lock(&self.state);
         st.paused = false;
-        self.kick(&st);
+        kick(&st);
+    }
+}
+
+impl Drop for Journal {
+    /// Stops zeros being written ahead and waits for their step in progress,
+    /// so that nothing writes to the file once it is closed (a reopen in the
+    /// same process must not meet them).
+    fn drop(&mut self) {
+        let mut st = lock(&self.state);
+        st.epoch += 1;
+        while st.extending.is_some() {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 }
 
 /// Whether a waiter of the pending batch may lead its write now: nobody
 /// else is writing, no compaction holds batches, and the batch does not
-/// reach into space zeros are being written ahead to.
+/// reach past the room while zeros are being written ahead to this file
+/// (they would land over its records; zeros for a file a compaction
+/// replaced cannot).
 fn can_lead(st: &State) -> bool {
-    !st.leader && !st.paused && !st.pending.is_empty() && (!st.extending || st.end <= st.allocated)
+    !st.leader
+        && !st.paused
+        && !st.pending.is_empty()
+        && (st.extending != Some(st.generation) || st.end <= st.allocated)
 }
 
-/// Zeros a leader writes ahead once its batch is done: `[from, to)` of the
-/// file of `epoch`, through the zeros' own description.
+/// Wakes one waiter of the pending batch if it may be written now: called
+/// wherever that may have become true (a write ended, a compaction ended,
+/// zeros written ahead made room or stopped).
+fn kick(st: &State) {
+    if can_lead(st) {
+        st.batch.wake.notify_one();
+    }
+}
+
+/// Zeros to write ahead: `[from, to)` of the file of `epoch`, through the
+/// zeros' own description.
 struct ZerosAhead {
     fd: Arc<File>,
     from: u64,
     to: u64,
     epoch: u64,
-    sync: Option<SyncHook>,
+    hooks: Hooks,
+}
+
+/// Writes zeros ahead on a thread of its own, [`ZERO_STEP`] at a time, each
+/// step synced through the zeros' own description and only then counted as
+/// room, with no lock held during the I/O. Stops at a failure (the room is
+/// wanted, not needed: a batch that does not fit writes its own zeros) or
+/// once the epoch moved (a cut, a compaction, the close).
+fn write_zeros_ahead(
+    state: &Mutex<State>,
+    changed: &Condvar,
+    syncs: &AtomicU64,
+    path: &Path,
+    ahead: ZerosAhead,
+) {
+    /// Clears `extending` however the writer ends, a panic included: batches
+    /// and the close wait for it.
+    struct Done<'a>(&'a Mutex<State>, &'a Condvar);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            let mut st = lock(self.0);
+            st.extending = None;
+            self.1.notify_all();
+            kick(&st);
+        }
+    }
+    let _done = Done(state, changed);
+    let zeros = vec![0u8; ZERO_STEP as usize];
+    let mut at = ahead.from;
+    while at < ahead.to {
+        let n = (ahead.to - at).min(ZERO_STEP);
+        let written = match &ahead.hooks.write {
+            Some(write) => write(&ahead.fd, &zeros[..n as usize], at),
+            None => ahead.fd.write_all_at(&zeros[..n as usize], at),
+        }
+        .and_then(|()| {
+            syncs.fetch_add(1, Ordering::Relaxed);
+            match &ahead.hooks.sync {
+                Some(sync) => sync(&ahead.fd),
+                None => ahead.fd.sync_data(),
+            }
+        });
+        if let Err(err) = written {
+            debug!(
+                "journal {}: writing zeros ahead stopped ({err}); batches will write their own",
+                path.display()
+            );
+            return;
+        }
+        at += n;
+        let mut st = lock(state);
+        if st.epoch != ahead.epoch || st.broken.is_some() {
+            return;
+        }
+        st.allocated = st.allocated.max(at);
+        kick(&st);
+    }
 }
 
 fn outcome(ticket: &Ticket) -> Outcome {
@@ -2017,9 +2092,13 @@ mod tests {
         }
     }
 
-    /// Zeros ahead are written by a leader whose batch is done, not by a
-    /// batch that found no room: past the first batch of a new file no batch
-    /// writes zeros, and every record is there, in order, after a reopen.
+    fn extending(journal: &Journal) -> bool {
+        lock(&journal.state).extending.is_some()
+    }
+
+    /// Zeros ahead are written off the batches' path, not by a batch that
+    /// found no room: past the first batch of a new file no batch writes
+    /// zeros, and every record is there, in order, after a reopen.
     #[test]
     fn zeros_are_written_ahead_off_the_batches_path() {
         let dir = scratch();
@@ -2040,6 +2119,11 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        // The last zeros may still be on their way; one more batch after
+        // them plans more if the room is short.
+        wait_for(|| !extending(&journal));
+        journal.append(&record(0)).unwrap();
+        wait_for(|| !extending(&journal));
         let stats = journal.stats();
         assert_eq!(stats.preallocations_inline, 1, "{stats:?}");
         assert!(stats.preallocations_ahead >= 2, "{stats:?}");
@@ -2051,51 +2135,85 @@ mod tests {
         }
         drop(journal);
         let seen = open_collect(&path).unwrap().1;
-        assert_eq!(seen.len(), 1800);
+        assert_eq!(seen.len(), 1801);
         for w in 0..4u8 {
             let mine: Vec<u32> = seen
                 .iter()
-                .filter(|r| r[4] == b'a' + w)
+                .filter(|r| r.len() == 8000 && r[4] == b'a' + w)
                 .map(|r| u32::from_le_bytes([r[0], r[1], r[2], r[3]]))
                 .collect();
             assert_eq!(mine, (0..450).collect::<Vec<_>>(), "writer {w}");
         }
     }
 
-    /// A gate a hook can be held at until the test opens it.
-    type Gate = Arc<(Mutex<bool>, Condvar)>;
+    /// A gate a hook can be held at until the test opens it. It opens when
+    /// dropped too, so that a failing test ends instead of hanging in the
+    /// journal's close (which waits for the held zeros).
+    struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
-    fn open_gate(gate: &Gate) {
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+    /// Waits until the gate shared as `gate` is open.
+    fn pass(gate: &(Mutex<bool>, Condvar)) {
+        let mut open = gate.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = gate.1.wait(open).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
-    /// Appends 30 kB records until the leader of one starts writing zeros
-    /// ahead, and holds it in its first step's sync (its zeros written, not
-    /// yet synced) until the returned gate opens. Returns the gate and that
-    /// leader's thread (its append's offset).
-    fn hold_zeros_ahead(journal: &Arc<Journal>) -> (Gate, std::thread::JoinHandle<u64>) {
-        let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let held = Arc::new(AtomicU64::new(0));
-        let (g, h) = (gate.clone(), held.clone());
-        journal.set_zeros_sync(Some(Arc::new(move |file: &File| {
-            h.fetch_add(1, Ordering::SeqCst);
-            let mut open = g.0.lock().unwrap();
-            while !*open {
-                open = g.1.wait(open).unwrap();
+    impl Gate {
+        fn open(&self) {
+            *(self.0).0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            (self.0).1.notify_all();
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.open();
+        }
+    }
+
+    /// Where the zero writer is held.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Hold {
+        /// Before its first step's pwrite: its zeros land only once released.
+        Write,
+        /// In its first step's fsync: its zeros are written, not yet synced.
+        Sync,
+    }
+
+    /// Appends 30 kB records until zeros are being written ahead, holding
+    /// their writer at `at` until the returned gate opens. The appends
+    /// themselves return: nobody waits for the zeros.
+    fn hold_zeros_ahead(journal: &Journal, at: Hold) -> Gate {
+        let shared = Arc::new((Mutex::new(false), Condvar::new()));
+        let held = Arc::new(AtomicBool::new(false));
+        let hook = |hold: Hold| {
+            let (gate, held) = (shared.clone(), held.clone());
+            move || {
+                if hold == at {
+                    held.store(true, Ordering::SeqCst);
+                    pass(&gate);
+                }
             }
-            file.sync_data()
-        })));
+        };
+        let (before_write, before_sync) = (hook(Hold::Write), hook(Hold::Sync));
+        journal.set_zeros_hooks(Hooks {
+            write: Some(Arc::new(move |file: &File, buf: &[u8], at: u64| {
+                before_write();
+                file.write_all_at(buf, at)
+            })),
+            sync: Some(Arc::new(move |file: &File| {
+                before_sync();
+                file.sync_data()
+            })),
+        });
         let big = vec![b'z'; 30_000];
         for _ in 0..100 {
-            let (j, big) = (journal.clone(), big.clone());
-            let t = std::thread::spawn(move || j.append(&big).unwrap());
-            wait_for(|| t.is_finished() || held.load(Ordering::SeqCst) > 0);
-            if held.load(Ordering::SeqCst) > 0 {
-                assert!(lock(&journal.state).extending);
-                return (gate, t);
+            journal.append(&big).unwrap();
+            if extending(journal) {
+                wait_for(|| held.load(Ordering::SeqCst));
+                return Gate(shared);
             }
-            t.join().unwrap();
         }
         panic!("no zeros were written ahead after 3 MB of records");
     }
@@ -2108,7 +2226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let journal = Arc::new(open_collect(&path).unwrap().0);
-        let (gate, filler) = hold_zeros_ahead(&journal);
+        let gate = hold_zeros_ahead(&journal, Hold::Sync);
         // Batches go on meanwhile, below the room already there.
         journal.append(&record(1)).unwrap();
         let durable = journal.stats().durable_len;
@@ -2120,20 +2238,57 @@ mod tests {
         });
         assert!(journal.append(&record(2)).is_err());
         assert_eq!(fs::metadata(&path).unwrap().len(), durable, "cut back");
-        open_gate(&gate);
-        filler.join().unwrap();
-        {
-            let st = lock(&journal.state);
-            assert!(!st.extending);
-            assert_eq!(st.allocated, durable, "zeros from before the cut count");
-        }
+        gate.open();
+        wait_for(|| !extending(&journal));
+        assert_eq!(
+            lock(&journal.state).allocated,
+            durable,
+            "zeros written before the cut are not counted as room"
+        );
         journal.set_hooks(Hooks::default());
-        journal.set_zeros_sync(None);
+        journal.set_zeros_hooks(Hooks::default());
         journal.append(&record(3)).unwrap();
         assert_eq!(journal.stats().preallocations_inline, 2);
         drop(Arc::try_unwrap(journal).ok().unwrap());
         let seen = open_collect(&path).unwrap().1;
         assert_eq!(&seen[seen.len() - 2..], &[record(1), record(3)]);
+    }
+
+    /// Zeros held before their write across a cut land after it, past the
+    /// old room: a batch after the cut that reaches there waits for them,
+    /// and is whole after a reopen.
+    #[test]
+    fn zeros_that_land_after_a_cut_never_cover_a_later_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let journal = Arc::new(open_collect(&path).unwrap().0);
+        let gate = hold_zeros_ahead(&journal, Hold::Write);
+        let old_room = lock(&journal.state).allocated;
+        journal.set_hooks(Hooks {
+            write: Some(Arc::new(|_: &File, _: &[u8], _: u64| {
+                Err(io::Error::from_raw_os_error(5))
+            })),
+            sync: None,
+        });
+        assert!(journal.append(&record(1)).is_err());
+        journal.set_hooks(Hooks::default());
+        // Reaches past the old room, where the held zeros will land.
+        let huge = vec![b'h'; 2_500_000];
+        assert!(journal.stats().durable_len + huge.len() as u64 > old_room);
+        let after = {
+            let (journal, huge) = (journal.clone(), huge.clone());
+            std::thread::spawn(move || journal.append(&huge).unwrap())
+        };
+        wait_for(|| lock(&journal.state).pending_records == 1);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!after.is_finished(), "written before stale zeros landed");
+        gate.open();
+        let at = after.join().unwrap();
+        let file = journal.file();
+        assert_eq!(journal.read_record(&file, at, None).unwrap(), huge);
+        drop(file);
+        drop(Arc::try_unwrap(journal).ok().unwrap());
+        assert_eq!(open_collect(&path).unwrap().1.last(), Some(&huge));
     }
 
     /// A batch that would end past the room written so far waits for the
@@ -2144,7 +2299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let journal = Arc::new(open_collect(&path).unwrap().0);
-        let (gate, filler) = hold_zeros_ahead(&journal);
+        let gate = hold_zeros_ahead(&journal, Hold::Write);
         let huge = vec![b'h'; 2_500_000];
         let big = {
             let (journal, huge) = (journal.clone(), huge.clone());
@@ -2158,11 +2313,9 @@ mod tests {
             !big.is_finished(),
             "written beside zeros being written ahead"
         );
-        assert_eq!(lock(&journal.state).pending_records, 1);
-        open_gate(&gate);
-        filler.join().unwrap();
+        gate.open();
         let at = big.join().unwrap();
-        journal.set_zeros_sync(None);
+        journal.set_zeros_hooks(Hooks::default());
         let file = journal.file();
         assert_eq!(journal.read_record(&file, at, None).unwrap(), huge);
         drop(file);
@@ -2170,36 +2323,48 @@ mod tests {
         assert_eq!(open_collect(&path).unwrap().1.last(), Some(&huge));
     }
 
-    /// A compaction while zeros are written ahead for the old file: those
-    /// zeros count for nothing, and the new file gets zeros written ahead of
-    /// its own through a description of its own.
+    /// A compaction while zeros are written ahead for the old file: batches
+    /// on the new file do not wait for them, they count for nothing there,
+    /// and the new file gets zeros ahead of its own through its own
+    /// description.
     #[test]
     fn a_compaction_replaces_the_file_zeros_are_written_ahead_to() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let journal = Arc::new(open_collect(&path).unwrap().0);
-        let (gate, filler) = hold_zeros_ahead(&journal);
+        let gate = hold_zeros_ahead(&journal, Hold::Write);
         let keep = journal.append(&record(1)).unwrap();
         let mut rewrite = journal.begin_rewrite().unwrap();
         let payload = journal.read_record(rewrite.source(), keep, None).unwrap();
         rewrite.push(&payload).unwrap();
         let owner = Mutex::new(());
         journal.finish_rewrite(rewrite, &owner, |_, _| {}).unwrap();
-        open_gate(&gate);
-        filler.join().unwrap();
+        // Past the new file's room, with the old file's zeros still held:
+        // lands without waiting for them.
+        let second = {
+            let journal = journal.clone();
+            std::thread::spawn(move || journal.append(&record(2)).unwrap())
+        };
+        wait_for(|| second.is_finished());
+        second.join().unwrap();
+        assert!(extending(&journal));
+        gate.open();
+        wait_for(|| !extending(&journal));
         let ahead = journal.stats().preallocations_ahead;
         let durable = {
             let st = lock(&journal.state);
-            assert!(!st.extending);
-            assert_eq!(st.allocated, st.durable_end, "old zeros count for nothing");
+            assert!(
+                st.allocated < st.durable_end + PREALLOCATE,
+                "old zeros count for nothing"
+            );
             st.durable_end
         };
-        assert_eq!(fs::metadata(&path).unwrap().len(), durable);
-        journal.set_zeros_sync(None);
+        journal.set_zeros_hooks(Hooks::default());
         let big = vec![b'y'; 30_000];
         for _ in 0..100 {
             journal.append(&big).unwrap();
         }
+        wait_for(|| !extending(&journal));
         let stats = journal.stats();
         assert_eq!(stats.preallocations_ahead, ahead + 1, "{stats:?}");
         let allocated = lock(&journal.state).allocated;
@@ -2210,7 +2375,26 @@ mod tests {
         );
         drop(Arc::try_unwrap(journal).ok().unwrap());
         let seen = open_collect(&path).unwrap().1;
-        assert_eq!(seen.len(), 101);
-        assert_eq!(seen[0], record(1));
+        assert_eq!(seen.len(), 102);
+        assert_eq!(&seen[..2], &[record(1), record(2)]);
+    }
+
+    /// Closing the journal waits for the zeros' step in progress, so that a
+    /// reopen in the same process never meets zeros written for the old one.
+    #[test]
+    fn closing_waits_for_zeros_being_written_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let journal = open_collect(&path).unwrap().0;
+        let gate = hold_zeros_ahead(&journal, Hold::Write);
+        let durable = journal.stats().durable_len;
+        let closing = std::thread::spawn(move || drop(journal));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!closing.is_finished(), "closed with zeros still to land");
+        gate.open();
+        closing.join().unwrap();
+        let (journal, seen) = open_collect(&path).unwrap();
+        assert_eq!(journal.stats().durable_len, durable);
+        assert!(seen.iter().all(|r| r == &vec![b'z'; 30_000]));
     }
 }
