@@ -68,10 +68,10 @@
 //! [`Journal::wait`] returns once the record is durable. The first waiter that
 //! finds no write in progress and whose record is still pending becomes the
 //! leader (unless a compaction holds batches, or the batch must wait for
-//! zeros being written ahead): it takes the whole pending buffer, releases the state lock, writes
-//! the buffer with one `pwrite` and calls `fdatasync` once, then takes the
-//! lock again and settles the batch's outcome cell (shared by its tickets: no
-//! per-failure history is kept). Records enqueued meanwhile form the next
+//! zeros being written ahead): it takes the whole pending buffer, releases
+//! the state lock, writes the buffer with one `pwrite` and calls `fdatasync`
+//! once, then takes the lock again and settles the batch's outcome cell
+//! (shared by its tickets: no per-failure history is kept). Records enqueued meanwhile form the next
 //! batch, written by the next leader. Nobody holds a lock across the write or
 //! the fsync. Waiters sleep on their batch's own condition variable: settling
 //! a batch wakes its writers only, and one writer of the pending batch is
