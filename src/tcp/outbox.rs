@@ -1065,6 +1065,54 @@ mod tests {
         transport.close(std::time::Duration::ZERO);
     }
 
+    /// A sender writes at most THROUGH_MAX of a large relay, plain or TLS;
+    /// the owner writes the rest, first, and the client gets it whole.
+    #[test]
+    fn a_large_relay_is_written_through_only_in_part() {
+        use crate::tcp::transport::THROUGH_MAX;
+        let metrics = Metrics::default();
+        let big: Frame = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+
+        let (server, mut client) = socket_pair();
+        let outbox = Outbox::new(64 << 20).unwrap();
+        outbox.set_sink(Some(Sink::Plain(server)));
+        outbox.push_through(big.clone(), &metrics);
+        let queued = outbox.queued_bytes();
+        assert!(
+            queued >= big.len() - THROUGH_MAX && queued < big.len(),
+            "plain: at most {THROUGH_MAX} written through, queued {queued}"
+        );
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, usize::MAX, &metrics);
+        let mut got = vec![0u8; big.len() - queued];
+        client.read_exact(&mut got).unwrap();
+        got.extend_from_slice(&out);
+        assert!(got == big[..], "plain: the relay arrives whole");
+
+        let (mut transport, mut client) = tls_pair();
+        let outbox = Outbox::new(64 << 20).unwrap();
+        outbox.set_sink(Some(transport.sink()));
+        outbox.push_through(big.clone(), &metrics);
+        let queued = outbox.queued_bytes();
+        assert!(
+            queued >= big.len() - THROUGH_MAX && queued < big.len(),
+            "TLS: at most {THROUGH_MAX} written through, queued {queued}"
+        );
+        let mut out = Vec::new();
+        outbox.take_into(&mut out, usize::MAX, &metrics);
+        let total = big.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            client.read_exact(&mut got).map(|()| got)
+        });
+        owner_writes(&mut transport, &out);
+        outbox.end_write();
+        let got = reader.join().unwrap().unwrap();
+        assert!(got == big[..], "TLS: the relay arrives whole");
+        outbox.set_sink(None);
+        transport.close(std::time::Duration::ZERO);
+    }
+
     /// Frames come out in order and the byte count follows them.
     #[test]
     fn frames_come_out_in_order_within_the_budget() {

@@ -106,18 +106,26 @@ pub enum Through {
     Nothing,
 }
 
+/// The most of one frame a sender writes through; the rest is owed and the
+/// owner writes it. A sender writes under the recipient's queue lock (and,
+/// over TLS, the stream's lock, encrypting as it goes): this bounds how long
+/// a large relay (an SDP of megabytes) holds them, so the recipient's own
+/// thread and other senders wait microseconds, not milliseconds.
+pub const THROUGH_MAX: usize = 64 << 10;
+
 impl Sink {
-    /// Writes what the stream takes of `frame` now, never waiting: one
-    /// write(2) for a plain socket; for TLS, SSL_write record by record
-    /// until it is all written or OpenSSL would block, under the stream's
-    /// lock. The second value says the TLS stream holds decrypted input
+    /// Writes what the stream takes of `frame` now, up to [`THROUGH_MAX`],
+    /// never waiting: one write(2) for a plain socket; for TLS, SSL_write
+    /// record by record until that much is written or OpenSSL would block,
+    /// under the stream's lock. The second value says the TLS stream holds decrypted input
     /// poll(2) cannot see (OpenSSL read records while writing), which only
     /// the owner can take.
     pub fn write_through(&self, frame: &[u8]) -> (Through, bool) {
         match self {
             Sink::Plain(socket) => {
+                let at_most = &frame[..frame.len().min(THROUGH_MAX)];
                 let written = loop {
-                    match (&**socket).write(frame) {
+                    match (&**socket).write(at_most) {
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                         other => break other,
                     }
@@ -138,6 +146,9 @@ impl Sink {
                 let through = loop {
                     if pos == frame.len() {
                         break Through::All;
+                    }
+                    if pos >= THROUGH_MAX {
+                        break Through::Part(pos);
                     }
                     match stream.write(&frame[pos..]) {
                         Ok(0) => break Through::Part(pos),
