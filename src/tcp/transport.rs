@@ -116,10 +116,11 @@ pub const THROUGH_MAX: usize = 64 << 10;
 impl Sink {
     /// Writes what the stream takes of `frame` now, up to [`THROUGH_MAX`],
     /// never waiting: one write(2) for a plain socket; for TLS, SSL_write
-    /// record by record until that much is written or OpenSSL would block,
-    /// under the stream's lock. The second value says the TLS stream holds decrypted input
-    /// poll(2) cannot see (OpenSSL read records while writing), which only
-    /// the owner can take.
+    /// record by record (16 KiB each), under the stream's lock, until the
+    /// record that reaches [`THROUGH_MAX`] is written or OpenSSL would block.
+    /// The second value says the TLS stream holds decrypted input poll(2)
+    /// cannot see (OpenSSL read records while writing), which only the owner
+    /// can take.
     pub fn write_through(&self, frame: &[u8]) -> (Through, bool) {
         match self {
             Sink::Plain(socket) => {
