@@ -87,6 +87,10 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     /// Relayed frames the sender wrote to the recipient's socket itself.
     pub written_through: AtomicU64,
+    /// Presence batches broadcast (each reaches every connection online).
+    pub presence_batches: AtomicU64,
+    /// Times a connection's thread took frames other threads queued for it.
+    pub outbox_drains: AtomicU64,
     pub failed_logins: AtomicU64,
     pub calls_total: AtomicU64,
     /// Logins by RESUME (no bcrypt).
@@ -115,6 +119,8 @@ impl Default for Metrics {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             slow_consumer_disconnects: AtomicU64::new(0),
             written_through: AtomicU64::new(0),
+            presence_batches: AtomicU64::new(0),
+            outbox_drains: AtomicU64::new(0),
             failed_logins: AtomicU64::new(0),
             calls_total: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
@@ -277,6 +283,18 @@ impl Metrics {
             "switchboard_relays_written_through_total",
             "Relayed frames written to the recipient's socket by the sender's thread (write-through), wholly or in part; the recipient's thread is woken only to write a rest or read what TLS decrypted.",
             &self.written_through,
+        );
+        counter(
+            &mut out,
+            "switchboard_presence_batches_total",
+            "Presence batches broadcast; each reaches every connection online once.",
+            &self.presence_batches,
+        );
+        counter(
+            &mut out,
+            "switchboard_outbox_drains_total",
+            "Times a connection's thread took frames other threads had queued for it (a wake-up and a write each); against presence batches times connections online, how well broadcasts coalesce.",
+            &self.outbox_drains,
         );
         counter(
             &mut out,

@@ -243,6 +243,10 @@ fn metrics_and_health_report_a_scripted_call() {
         metric(&text, "switchboard_slow_consumer_disconnects_total "),
         0.0
     );
+    // Carol's Available and dave's went out in two batches at least (alice
+    // had carol's before dave logged in); dave's alone woke three threads.
+    assert!(metric(&text, "switchboard_presence_batches_total ") >= 2.0);
+    assert!(metric(&text, "switchboard_outbox_drains_total ") >= 3.0);
     assert_eq!(http_get(admin, "/nope").0, 404);
 
     let running = server.running.as_mut().expect("running");

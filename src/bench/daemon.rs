@@ -201,6 +201,14 @@ impl Daemon {
         }
     }
 
+    /// One counter from /metrics; `None` if this daemon does not have it
+    /// (one older than the counter) or /metrics does not answer.
+    pub fn metric_if_present(&self, name: &str) -> Option<u64> {
+        http_get(self.admin, "/metrics")
+            .ok()
+            .and_then(|text| metric_value(&text, name))
+    }
+
     /// The daemon's stderr so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.join("daemon.stderr")).unwrap_or_default()

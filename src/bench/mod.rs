@@ -326,6 +326,9 @@ pub fn storm_workload(
     )?;
     let encoded = daemon.metric("switchboard_push_frames_encoded_total");
     let updates_out = daemon.metric("switchboard_frames_out_total{type=\"USER_STATE_UPDATE\"}");
+    // Absent from daemons older than these counters.
+    let batches = daemon.metric_if_present("switchboard_presence_batches_total");
+    let drains = daemon.metric_if_present("switchboard_outbox_drains_total");
     drop(result.sockets);
     drop(daemon);
     println!(
@@ -350,6 +353,12 @@ pub fn storm_workload(
         encoded.map_or_else(|| "?".into(), |n| n.to_string()),
         result.errors
     );
+    if let (Some(batches), Some(drains)) = (batches, drains) {
+        println!(
+            "  daemon: {batches} presence batches, {drains} queue drains ({:.1} per client)",
+            drains as f64 / clients.max(1) as f64
+        );
+    }
     Ok(json!({
         "workload": "storm",
         "clients": clients,
@@ -362,6 +371,8 @@ pub fn storm_workload(
         "state_updates_received": result.state_updates,
         "daemon_state_updates_sent": updates_out,
         "daemon_frames_encoded": encoded,
+        "daemon_presence_batches": batches,
+        "daemon_outbox_drains": drains,
         "errors": result.errors,
     }))
 }

@@ -272,6 +272,9 @@ impl Outbox {
         // One allocation for the whole batch rather than a doubling per frame.
         let want = queue.bytes.min(budget.saturating_sub(out.len()));
         out.reserve(want);
+        if queue.partial.is_some() || !queue.frames.is_empty() {
+            Metrics::count(&metrics.outbox_drains);
+        }
         take_rest(&mut queue, out);
         while out.len() < budget {
             let Some(frame) = queue.frames.pop_front() else {
@@ -548,6 +551,7 @@ impl Delivery for Connections {
         if batch.about.is_empty() {
             return;
         }
+        Metrics::count(&self.metrics.presence_batches);
         let frames = self.encoded(batch);
         // A snapshot: the route table is not held across the fan-out, so
         // logins, logouts and relays never wait for it.
