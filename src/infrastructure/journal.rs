@@ -24,7 +24,8 @@
 //! Zeros are written ahead off the batches' path. Once a durable batch leaves
 //! less than half of [`PREALLOCATE`] of room (`allocated`, the end of the
 //! zeros already durable), its leader hands the next [`PREALLOCATE`] to a
-//! thread of their own (one at a time, short-lived), which writes them
+//! thread of their own (one at a time, short-lived; it goes on while
+//! writers outran it and the room stays short), which writes them
 //! [`ZERO_STEP`] at a time, syncs each step through a file description of its
 //! own (so that its fsync never stands for a batch's, and a write-back error
 //! still reaches the batches' description) and only then counts it as room.
@@ -1176,7 +1177,8 @@ struct ZerosAhead {
 
 /// Writes zeros ahead on a thread of its own, [`ZERO_STEP`] at a time, each
 /// step synced through the zeros' own description and only then counted as
-/// room, with no lock held during the I/O. Stops at a failure (the room is
+/// room, with no lock held during the I/O. Goes on past `to` while less
+/// than half of [`PREALLOCATE`] of room is left. Stops at a failure (the room is
 /// wanted, not needed: a batch that does not fit writes its own zeros) or
 /// once the epoch moved (a cut, a compaction, the close).
 fn write_zeros_ahead(
@@ -1184,7 +1186,7 @@ fn write_zeros_ahead(
     changed: &Condvar,
     syncs: &AtomicU64,
     path: &Path,
-    ahead: ZerosAhead,
+    mut ahead: ZerosAhead,
 ) {
     /// Clears `extending` however the writer ends, a panic included: batches
     /// and the close wait for it.
@@ -1226,6 +1228,11 @@ fn write_zeros_ahead(
             return;
         }
         st.allocated = st.allocated.max(at);
+        // Writers outran the zeros (no run is planned while this one goes
+        // on): keep going rather than leave the next batch to write its own.
+        if at == ahead.to && st.allocated.saturating_sub(st.durable_end) < PREALLOCATE / 2 {
+            ahead.to += PREALLOCATE;
+        }
         kick(&st);
     }
 }
