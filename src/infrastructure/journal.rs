@@ -25,7 +25,7 @@
 //! less than half of [`PREALLOCATE`] of room (`allocated`, the end of the
 //! zeros already durable), its leader hands the next [`PREALLOCATE`] to a
 //! thread of their own (one at a time, short-lived; it goes on while
-//! writers outran it and the room stays short), which writes them
+//! writers outrun it and the room stays short), which writes them
 //! [`ZERO_STEP`] at a time, syncs each step through a file description of its
 //! own (so that its fsync never stands for a batch's, and a write-back error
 //! still reaches the batches' description) and only then counts it as room.
@@ -2280,22 +2280,35 @@ mod tests {
         assert!(journal.append(&record(1)).is_err());
         journal.set_hooks(Hooks::default());
         // Reaches past the old room, where the held zeros will land.
-        let huge = vec![b'h'; 2_500_000];
-        assert!(journal.stats().durable_len + huge.len() as u64 > old_room);
-        let after = {
+        assert!(journal.stats().durable_len + HUGE as u64 > old_room);
+        a_huge_append_waits_for(gate, journal, &path, "written before stale zeros landed");
+    }
+
+    /// Bytes of a record that reaches past the room zeros are held short of.
+    const HUGE: usize = 2_500_000;
+
+    /// Appends a [`HUGE`] record that must wait for the zeros held at
+    /// `gate`: it is still pending after a while (`early` says what it would
+    /// mean otherwise), lands whole once the gate opens, and is the last
+    /// record after a reopen.
+    fn a_huge_append_waits_for(gate: Gate, journal: Arc<Journal>, path: &Path, early: &str) {
+        let huge = vec![b'h'; HUGE];
+        let append = {
             let (journal, huge) = (journal.clone(), huge.clone());
             std::thread::spawn(move || journal.append(&huge).unwrap())
         };
         wait_for(|| lock(&journal.state).pending_records == 1);
+        // It cannot be written while the zeros are held; give a wrong
+        // journal the time to show it.
         std::thread::sleep(Duration::from_millis(100));
-        assert!(!after.is_finished(), "written before stale zeros landed");
+        assert!(!append.is_finished(), "{early}");
         gate.open();
-        let at = after.join().unwrap();
+        let at = append.join().unwrap();
         let file = journal.file();
         assert_eq!(journal.read_record(&file, at, None).unwrap(), huge);
         drop(file);
         drop(Arc::try_unwrap(journal).ok().unwrap());
-        assert_eq!(open_collect(&path).unwrap().1.last(), Some(&huge));
+        assert_eq!(open_collect(path).unwrap().1.last(), Some(&huge));
     }
 
     /// A batch that would end past the room written so far waits for the
@@ -2307,27 +2320,12 @@ mod tests {
         let path = dir.path().join("j");
         let journal = Arc::new(open_collect(&path).unwrap().0);
         let gate = hold_zeros_ahead(&journal, Hold::Write);
-        let huge = vec![b'h'; 2_500_000];
-        let big = {
-            let (journal, huge) = (journal.clone(), huge.clone());
-            std::thread::spawn(move || journal.append(&huge).unwrap())
-        };
-        wait_for(|| lock(&journal.state).pending_records == 1);
-        // It cannot be written while the zeros are held; give a wrong
-        // journal the time to show it.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !big.is_finished(),
-            "written beside zeros being written ahead"
+        a_huge_append_waits_for(
+            gate,
+            journal,
+            &path,
+            "written beside zeros being written ahead",
         );
-        gate.open();
-        let at = big.join().unwrap();
-        journal.set_zeros_hooks(Hooks::default());
-        let file = journal.file();
-        assert_eq!(journal.read_record(&file, at, None).unwrap(), huge);
-        drop(file);
-        drop(Arc::try_unwrap(journal).ok().unwrap());
-        assert_eq!(open_collect(&path).unwrap().1.last(), Some(&huge));
     }
 
     /// A compaction while zeros are written ahead for the old file: batches
